@@ -1,0 +1,3 @@
+from regionclip_cli.cli import main
+
+main()
