@@ -49,7 +49,7 @@ for _stage in planned.STAGES:
     app.command(_stage.name, help=_stage.help, context_settings={"ignore_unknown_options": True,
                 "allow_extra_args": True})(planned.not_built(_stage))
 app.command("zeroshot")(zeroshot.zeroshot)
-app.command("world")(world.world)
+app.add_typer(world.app, name="world", help="Generate the synthetic world and train its tiny CLIP teacher.")
 
 
 def main() -> None:
