@@ -80,6 +80,8 @@ def sanitize_boxes(boxes: torch.Tensor, width: int, height: int, origin: str) ->
             reason = "is not finite"
         elif inverted[index]:
             reason = "is inverted (x2 < x1 or y2 < y1)"
+        elif min(box[2] - box[0], box[3] - box[1]) < 1:
+            reason = "is degenerate (under one pixel wide or high)"
         else:
             reason = f"has no area inside the {width}x{height} image"
         problems.append(f"{origin}: box #{index} {box} {reason}; skipped")
