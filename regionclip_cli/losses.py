@@ -1,0 +1,93 @@
+"""RegionCLIP's pretraining losses (paper, Sec. 3.2), each with its formula.
+
+Notation: r_i are L2-normalised student region embeddings, t_i the teacher's, c_k the L2-normalised
+concept embeddings of the pool, tau the temperature (0.01 in the paper), y_i the pseudo label of
+region i (the teacher's best concept).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+PAPER_TEMPERATURE = 0.01
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """Weight of each term; 0 switches a term off (and skips its computation)."""
+
+    region_concept: float = 1.0
+    distillation: float = 1.0
+    image_text: float = 1.0
+
+
+def region_concept_contrastive(regions: torch.Tensor, concepts: torch.Tensor, labels: torch.Tensor,
+                               temperature: float = PAPER_TEMPERATURE) -> torch.Tensor:
+    """Region-concept contrastive loss L_cntrst (multiple-instance cross-entropy).
+
+    The candidate concepts are the pseudo labels of the batch's regions, one per region, so a
+    concept appears once for each region it labels. For region i:
+
+        L_i = -log( sum_{j : y_j = y_i} exp(r_i . c_{y_j} / tau) / sum_j exp(r_i . c_{y_j} / tau) )
+
+    i.e. every copy of its own concept is a positive, the other concepts of the batch are the
+    negatives. `regions` [N, D], `concepts` [K, D] (the pool), `labels` [N] indices into the pool.
+    Returns the mean over regions (0 for no regions, still differentiable).
+    """
+    if labels.numel() == 0:
+        return regions.sum() * 0.0
+    candidates = concepts[labels]  # [N, D]
+    logits = regions @ candidates.t() / temperature  # [N, N]
+    positive = labels[:, None] == labels[None, :]
+    log_all = torch.logsumexp(logits, dim=1)
+    log_pos = torch.logsumexp(logits.masked_fill(~positive, float("-inf")), dim=1)
+    return (log_all - log_pos).mean()
+
+
+def concept_distillation(student_regions: torch.Tensor, teacher_regions: torch.Tensor,
+                         concepts: torch.Tensor, temperature: float = PAPER_TEMPERATURE) -> torch.Tensor:
+    """Concept distillation L_dist = mean_i KL(q_i || p_i) over the whole concept pool.
+
+        q_i = softmax_k(t_i . c_k / tau)  (teacher),   p_i = softmax_k(r_i . c_k / tau)  (student)
+        KL(q || p) = sum_k q_k (log q_k - log p_k)
+    """
+    if student_regions.shape[0] == 0:
+        return student_regions.sum() * 0.0
+    log_p = F.log_softmax(student_regions @ concepts.t() / temperature, dim=1)
+    log_q = F.log_softmax(teacher_regions @ concepts.t() / temperature, dim=1)
+    return F.kl_div(log_p, log_q, log_target=True, reduction="batchmean")
+
+
+def gather_with_grad(features: torch.Tensor) -> torch.Tensor:
+    """All ranks' features concatenated (rank order), gradients flowing back to each rank's own."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return features
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(features), dim=0)
+
+
+def image_text_contrastive(images: torch.Tensor, texts: torch.Tensor,
+                           temperature: float = PAPER_TEMPERATURE) -> torch.Tensor:
+    """CLIP's symmetric InfoNCE between whole-image region embeddings and their captions.
+
+    With B_g = the global batch (features gathered from all ranks, so negatives span it):
+        L = 1/2 [ CE(I T^T / tau, diag) + CE(T I^T / tau, diag) ]
+    `images` and `texts` are this rank's [B, D] normalised features, row i matching row i.
+    """
+    import torch.distributed as dist
+
+    all_images = gather_with_grad(images)
+    all_texts = gather_with_grad(texts)
+    offset = dist.get_rank() * images.shape[0] if dist.is_available() and dist.is_initialized() else 0
+    targets = torch.arange(images.shape[0], device=images.device) + offset
+    # Each rank computes the rows of its own samples against the global batch; averaged over
+    # ranks by DDP, this equals the loss over the whole global batch.
+    image_to_text = images @ all_texts.t() / temperature
+    text_to_image = texts @ all_images.t() / temperature
+    return (F.cross_entropy(image_to_text, targets) + F.cross_entropy(text_to_image, targets)) / 2
