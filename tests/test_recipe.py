@@ -1,0 +1,58 @@
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+import pytest
+
+from regionclip_cli.recipe import RecipeError, load_recipe, to_plain
+
+
+@dataclass(frozen=True)
+class Optim:
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: float = 0.002
+    steps: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Toy:
+    data: Path
+    optimizer: Optim = field(default_factory=Optim)
+    batch_size: int = 2
+    resume: Optional[Path] = None
+    amp: bool = False
+
+
+def write(tmp_path, text):
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_valid_recipe_with_overrides(tmp_path):
+    path = write(tmp_path, "data: imgs\noptimizer:\n  lr: 1e-3\n  steps: [10, 20]\n")
+    recipe = load_recipe(Toy, path, ["optimizer.name=adamw", "batch_size=8", "amp=true"])
+    assert recipe.data == Path("imgs") and recipe.optimizer == Optim("adamw", 0.001, [10, 20])
+    assert recipe.batch_size == 8 and recipe.amp is True
+    assert to_plain(recipe)["data"] == "imgs"
+
+
+@pytest.mark.parametrize("text, overrides, message", [
+    ("data: x\noptimiser: {}\n", [], "optimiser: unknown key; did you mean 'optimizer'"),
+    ("data: x\noptimizer:\n  lrr: 1\n", [], "optimizer.lrr: unknown key; did you mean 'lr'"),
+    ("data: x\nbatch_size: two\n", [], "batch_size: expected an integer, got 'two'"),
+    ("data: x\noptimizer:\n  name: sdg\n", [], "did you mean 'sgd'"),
+    ("batch_size: 2\n", [], "data: required key is missing"),
+    ("data: x\n", ["optimizer.lr=fast"], "optimizer.lr: expected a number"),
+    ("data: x\n", ["batch_size"], "expected KEY=VALUE"),
+    ("data: [x\n", [], "r.yaml:2: not valid YAML"),
+    ("data: x\noptimizer:\n  steps: [1, b]\n", [], r"optimizer.steps\[1\]: expected an integer"),
+])
+def test_errors_name_the_key(tmp_path, text, overrides, message):
+    with pytest.raises(RecipeError, match=message):
+        load_recipe(Toy, write(tmp_path, text), overrides)
+
+
+def test_missing_recipe_file(tmp_path):
+    with pytest.raises(RecipeError, match="no such recipe file"):
+        load_recipe(Toy, tmp_path / "nope.yaml")
