@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import torch
+from PIL import Image
 
 from regionclip_cli.atomic import write_json
 from regionclip_cli.detection_writer import DetectionWriter, ImageDetections
 from regionclip_cli.devices import resolve_device
 from regionclip_cli.errors import InputError, RegionclipError
-from regionclip_cli.images import ImageLoader, LoadedImage, ResizeSpec, find_images, load_image, pad_batch
+from regionclip_cli.images import ImageLoader, LoadedImage, ResizeSpec, find_images, pad_batch
 from regionclip_cli.models import LoadedClip, load_clip
 from regionclip_cli.proposals import BoxFile, FileNameIndex, RandomBoxSpec, random_boxes, sanitize_boxes
 from regionclip_cli.region_encoder import RegionEncoder
@@ -40,6 +41,7 @@ class ZeroShotSpec:
     random_boxes: RandomBoxSpec = field(default_factory=RandomBoxSpec)
     batch_size: int = 1
     loader_threads: int = 2
+    keep_originals: bool = False  # keep decoded originals on results, for drawing pictures
 
 
 @dataclass
@@ -54,6 +56,7 @@ class RegionResult:
     embeddings: torch.Tensor  # [N, D] L2-normalised, on CPU
     detections: Detections
     problems: list[str]  # boxes that were skipped, one line each
+    original: Image.Image | None = None
 
     def as_dicts(self, vocabulary: Vocabulary) -> list[dict]:
         det = self.detections
@@ -112,12 +115,12 @@ class ZeroShotDetector:
 
     def run(self, paths: Iterable[Path]) -> Iterator[RegionResult | FailedImage]:
         """Yield one result per path, in order; bad images become FailedImage, the rest go on."""
-        loader = ImageLoader(list(paths), self.spec.resize, self.clip.mean, self.clip.std,
-                             threads=self.spec.loader_threads)
+        loader = ImageLoader(paths, mean=self.clip.mean, std=self.clip.std, resize=self.spec.resize,
+                             workers=self.spec.loader_threads, keep_original=self.spec.keep_originals)
         pending: list[tuple[LoadedImage, torch.Tensor, int, list[str]]] = []
         for item in loader:
             if not isinstance(item, LoadedImage):
-                yield FailedImage(item.path, item.reason)
+                yield FailedImage(item.path, item.message)
                 continue
             try:
                 boxes, entry_id, problems = self._proposals(item)
@@ -144,6 +147,7 @@ class ZeroShotDetector:
                 detections=Detections(detections.boxes.cpu(), detections.scores.cpu(),
                                       detections.classes.cpu()),
                 problems=problems,
+                original=image.image,
             )
 
 
@@ -183,7 +187,7 @@ def prepare_job(*, images: list[Path], vocab: str, model: str, pretrained: str |
                 weights: Path | None, templates: str, boxes: Path | None, num_random_boxes: int,
                 gt: Path | None, detection: DetectionSpec, min_size: int | None,
                 max_size: int | None, batch_size: int, device: str, cache_dir: Path | None,
-                progress: bool) -> ZeroShotJob:
+                keep_originals: bool, progress: bool) -> ZeroShotJob:
     """Resolve every option (cheap checks first, the model last) into a ready ZeroShotJob."""
     vocabulary = load_vocabulary(vocab)
     prompt_templates = resolve_templates(templates)
@@ -200,7 +204,8 @@ def prepare_job(*, images: list[Path], vocab: str, model: str, pretrained: str |
     class_embeddings = embed_names(clip, vocabulary.names, prompt_templates, cache_dir=cache_dir,
                                    progress=progress)
     spec = ZeroShotSpec(resize=resize, detection=detection,
-                        random_boxes=RandomBoxSpec(count=num_random_boxes), batch_size=batch_size)
+                        random_boxes=RandomBoxSpec(count=num_random_boxes), batch_size=batch_size,
+                        keep_originals=keep_originals)
     detector = ZeroShotDetector(clip, class_embeddings, spec, box_file=box_file,
                                 image_id_of=_gt_image_ids(ground_truth) if ground_truth else None)
     return ZeroShotJob(paths, missing, vocabulary, detector, ground_truth)
@@ -211,10 +216,10 @@ def write_result(writer: DetectionWriter, result: RegionResult, vocabulary: Voca
     """Hand one image's result to the writer, drawing its picture only if pictures are wanted."""
     detections = result.as_dicts(vocabulary)
     picture = None
-    if writer.pictures_dir is not None:
+    if writer.pictures_dir is not None and result.original is not None:
         from regionclip_cli.visualize import draw_detections
 
-        picture = draw_detections(load_image(result.path), detections, score_threshold=vis_threshold)
+        picture = draw_detections(result.original, detections, score_threshold=vis_threshold)
     writer.add(
         ImageDetections(result.path, result.width, result.height, result.image_id, detections),
         picture=picture,

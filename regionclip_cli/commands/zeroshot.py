@@ -75,7 +75,7 @@ def zeroshot(
         templates=templates, boxes=boxes, num_random_boxes=num_proposals, gt=gt,
         detection=DetectionSpec(score_threshold, nms, max_detections, temperature),
         min_size=min_size, max_size=max_size, batch_size=batch_size, device=device,
-        cache_dir=cache_dir, progress=not quiet,
+        cache_dir=cache_dir, keep_originals=save_vis, progress=not quiet,
     )
     for problem in job.missing:
         stderr_console.print(f"[red]error:[/] {problem}", highlight=False)
