@@ -25,7 +25,8 @@ class LossWeights:
 
 
 def region_concept_contrastive(regions: torch.Tensor, concepts: torch.Tensor, labels: torch.Tensor,
-                               temperature: float = PAPER_TEMPERATURE) -> torch.Tensor:
+                               temperature: float = PAPER_TEMPERATURE,
+                               candidate_labels: torch.Tensor | None = None) -> torch.Tensor:
     """Region-concept contrastive loss L_cntrst (multiple-instance cross-entropy).
 
     The candidate concepts are the pseudo labels of the batch's regions, one per region, so a
@@ -35,13 +36,17 @@ def region_concept_contrastive(regions: torch.Tensor, concepts: torch.Tensor, la
 
     i.e. every copy of its own concept is a positive, the other concepts of the batch are the
     negatives. `regions` [N, D], `concepts` [K, D] (the pool), `labels` [N] indices into the pool.
-    Returns the mean over regions (0 for no regions, still differentiable).
+    `candidate_labels` (default: `labels`) widens the candidates to the labels of the whole global
+    batch in distributed training, so every process contrasts against the same concepts a single
+    process would. Returns the mean over regions (0 for no regions, still differentiable).
     """
     if labels.numel() == 0:
         return regions.sum() * 0.0
-    candidates = concepts[labels]  # [N, D]
-    logits = regions @ candidates.t() / temperature  # [N, N]
-    positive = labels[:, None] == labels[None, :]
+    if candidate_labels is None:
+        candidate_labels = labels
+    candidates = concepts[candidate_labels]  # [M, D]
+    logits = regions @ candidates.t() / temperature  # [N, M]
+    positive = labels[:, None] == candidate_labels[None, :]
     log_all = torch.logsumexp(logits, dim=1)
     log_pos = torch.logsumexp(logits.masked_fill(~positive, float("-inf")), dim=1)
     return (log_all - log_pos).mean()

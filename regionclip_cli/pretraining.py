@@ -1,0 +1,395 @@
+"""Region-level language-image pretraining (RegionCLIP, Sec. 3): teacher, student, one step.
+
+Per iteration, for this process's slice of the global batch:
+1. propose regions (random boxes, or boxes from a file) and add one whole-image box per image;
+2. the frozen teacher encodes the regions; its best concept per region is the pseudo label;
+3. the student encodes the same regions and the whole images in one pass;
+4. losses: region-concept contrastive (kept regions), concept distillation (all regions),
+   image-text contrastive (whole-image embedding vs one random caption, gathered over ranks).
+
+Every loss is scaled so that, after DDP averages gradients over processes, the update equals the
+single-process update on the global batch (see `_global_mean`).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from regionclip_cli.caption_data import (CaptionedImage, global_batch_indices, rank_slice,
+                                         read_captioned_images, sample_generator)
+from regionclip_cli.checkpoints import Checkpoint, load_checkpoint, save_checkpoint
+from regionclip_cli.errors import RegionclipError
+from regionclip_cli.images import ResizeSpec, load_image, pad_batch, resize_for_model, to_model_tensor
+from regionclip_cli.losses import concept_distillation, image_text_contrastive, region_concept_contrastive
+from regionclip_cli.models import LoadedClip, load_clip
+from regionclip_cli.proposals import BoxFile, RandomBoxSpec, random_boxes, sanitize_boxes
+from regionclip_cli.pseudolabels import PseudoLabelSpec, assign_pseudo_labels
+from regionclip_cli.pretrain_recipe import PretrainRecipe
+from regionclip_cli.recipe import to_plain
+from regionclip_cli.region_encoder import RegionEncoder
+from regionclip_cli.text import check_matches, load_text_embeddings
+from regionclip_cli.training import (DistributedContext, build_optimizer, load_state, lr_at,
+                                     save_state)
+
+STAGES = ("stem", "layer1", "layer2", "layer3", "layer4", "attnpool")
+
+
+def freeze_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
+    """Replace every BatchNorm2d by a FrozenBatchNorm2d with the same statistics (the paper's frozen BN)."""
+    for name, child in module.named_children():
+        if isinstance(child, torch.nn.BatchNorm2d):
+            frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps)
+            frozen.weight.copy_(child.weight.detach())
+            frozen.bias.copy_(child.bias.detach())
+            frozen.running_mean.copy_(child.running_mean)
+            frozen.running_var.copy_(child.running_var)
+            setattr(module, name, frozen.to(child.weight.device))
+        else:
+            freeze_batchnorm(child)
+    return module
+
+
+def freeze_stages(visual: torch.nn.Module, freeze_at: int) -> None:
+    """Freeze the stem (freeze_at >= 1) and the first `freeze_at - 1` residual stages."""
+    stem = [visual.conv1, visual.bn1, visual.conv2, visual.bn2, visual.conv3, visual.bn3]
+    stages = [stem, [visual.layer1], [visual.layer2], [visual.layer3], [visual.layer4], [visual.attnpool]]
+    for modules in stages[:freeze_at]:
+        for module in modules:
+            for parameter in module.parameters():
+                parameter.requires_grad_(False)
+
+
+def student_state_as_clip(teacher: LoadedClip, student_visual: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A whole-CLIP state dict: the teacher's text side with the student's image tower.
+
+    FrozenBatchNorm2d keeps the same parameter/buffer names as BatchNorm2d except
+    `num_batches_tracked`, which is taken from the teacher so the result loads strictly.
+    """
+    state = {k: v.detach().cpu().clone() for k, v in teacher.model.state_dict().items()}
+    for key, value in student_visual.state_dict().items():
+        state[f"visual.{key}"] = value.detach().cpu().clone()
+    return state
+
+
+@dataclass
+class Batch:
+    images: torch.Tensor  # [B, 3, H, W] padded, normalised
+    regions: list[torch.Tensor]  # per image [R, 4] in input pixels
+    whole: list[torch.Tensor]  # per image [1, 4] whole-image box, input pixels
+    captions: list[str]
+
+
+class BatchBuilder:
+    """Builds this process's part of the global batch at an iteration, deterministically."""
+
+    def __init__(self, recipe: PretrainRecipe, items: list[CaptionedImage], mean, std,
+                 ctx: DistributedContext):
+        self.recipe = recipe
+        self.items = items
+        self.mean, self.std = mean, std
+        self.positions = rank_slice(recipe.train.batch_size, ctx.rank, ctx.world_size)
+        self.resize = ResizeSpec(recipe.train.min_size, recipe.train.max_size)
+        proposals = recipe.proposals
+        self.box_file = BoxFile(proposals.file) if proposals.source == "file" else None
+        self.random_spec = RandomBoxSpec(count=proposals.regions_per_image, grid=proposals.grid,
+                                         min_size=proposals.min_size, seed=recipe.train.seed)
+        self.problems: list[str] = []
+
+    def _regions(self, item: CaptionedImage, width: int, height: int, key: str,
+                 generator: torch.Generator) -> torch.Tensor:
+        if self.box_file is None:
+            return random_boxes(width, height, self.random_spec, key=key)
+        boxes, problems = sanitize_boxes(self.box_file.entry_for(item.path).boxes, width, height,
+                                         str(item.path))
+        self.problems.extend(problems)
+        count = self.recipe.proposals.regions_per_image
+        if len(boxes) > count:
+            boxes = boxes[torch.randperm(len(boxes), generator=generator)[:count]]
+        return boxes
+
+    def build(self, iteration: int) -> Batch:
+        train = self.recipe.train
+        indices = global_batch_indices(len(self.items), train.batch_size, iteration, train.seed)
+        tensors, regions, whole, captions = [], [], [], []
+        for position in self.positions:
+            item = self.items[indices[position]]
+            generator = sample_generator(train.seed, iteration, position)
+            original = load_image(item.path)
+            width, height = original.size
+            boxes = self._regions(item, width, height, f"{iteration}:{position}", generator)
+            flip = train.hflip and bool(torch.rand((), generator=generator) < 0.5)
+            if flip:
+                original = original.transpose(0)  # PIL FLIP_LEFT_RIGHT
+                boxes = torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1)
+            resized, scale = resize_for_model(original, self.resize)
+            tensors.append(to_model_tensor(resized, self.mean, self.std))
+            regions.append(boxes * scale)
+            whole.append(torch.tensor([[0.0, 0.0, resized.width, resized.height]]))
+            pick = int(torch.randint(len(item.captions), (), generator=generator))
+            captions.append(item.captions[pick])
+        return Batch(pad_batch(tensors), regions, whole, captions)
+
+
+class RegionCLIPPretraining:
+    """Teacher, student, concept pool and optimiser of one pretraining run."""
+
+    def __init__(self, recipe: PretrainRecipe, ctx: DistributedContext, log: Callable[[str], None]):
+        self.recipe = recipe
+        self.ctx = ctx
+        device = ctx.device
+        self.teacher = load_clip(recipe.teacher.model, pretrained=recipe.teacher.pretrained,
+                                 weights=recipe.teacher.weights, device=device)
+        for parameter in self.teacher.model.parameters():
+            parameter.requires_grad_(False)
+        pool = load_text_embeddings(recipe.concepts)
+        check_matches(pool, self.teacher, origin=f"concepts {recipe.concepts}")
+        self.concept_names = pool.names
+        self.concepts = F.normalize(pool.embeddings.float(), dim=-1).to(device)
+        self.teacher_encoder = RegionEncoder(self.teacher.model.visual).eval()
+
+        visual = copy.deepcopy(self.teacher.model.visual)
+        if recipe.student.weights is not None:
+            self._load_student(visual, recipe.student.weights)
+        freeze_batchnorm(visual)
+        freeze_stages(visual, recipe.student.freeze_at)
+        self.student_visual = visual.to(device).train()
+        if recipe.train.channels_last:
+            self.student_visual.to(memory_format=torch.channels_last)
+            self.teacher.model.visual.to(memory_format=torch.channels_last)
+        self.student = RegionEncoder(self.student_visual)
+        self.trainable = [p for p in self.student.parameters() if p.requires_grad]
+        if ctx.enabled:
+            self.student = torch.nn.parallel.DistributedDataParallel(
+                self.student, device_ids=[device.index] if device.type == "cuda" else None)
+        opt = recipe.optimizer
+        self.optimizer = build_optimizer(self.trainable, opt.name, opt.lr, opt.momentum, opt.weight_decay)
+        self.autocast_dtype = self._autocast_dtype()
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.autocast_dtype == torch.float16)
+        self.pseudo_spec = PseudoLabelSpec(recipe.pseudo_labels.threshold, recipe.losses.temperature)
+        data = read_captioned_images(recipe.data.images, recipe.data.captions)
+        if data.images_without_captions or data.captions_without_images:
+            log(f"data: {len(data.items)} captioned images; {data.images_without_captions} images "
+                f"without captions and {data.captions_without_images} caption rows without images skipped")
+        self.data = data
+        self.batches = BatchBuilder(recipe, data.items, self.teacher.mean, self.teacher.std, ctx)
+        self.start_iteration = 0
+
+    def _load_student(self, visual: torch.nn.Module, path: Path) -> None:
+        checkpoint = load_checkpoint(path)
+        prefix = "visual." if any(k.startswith("visual.") for k in checkpoint.state_dict) else ""
+        state = {k[len(prefix):]: v for k, v in checkpoint.state_dict.items() if k.startswith(prefix)}
+        missing, unexpected = visual.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+        if missing or unexpected:
+            raise RegionclipError(f"student.weights {path}: does not fit the teacher's image tower "
+                                  f"(e.g. {(missing or unexpected)[0]})")
+
+    def _autocast_dtype(self) -> torch.dtype | None:
+        amp = self.recipe.train.amp
+        if amp == "off" or (amp == "auto" and self.ctx.device.type != "cuda"):
+            return None
+        return torch.float16 if amp == "fp16" else torch.bfloat16
+
+    def _autocast(self):
+        return torch.autocast(self.ctx.device.type, dtype=self.autocast_dtype or torch.float32,
+                              enabled=self.autocast_dtype is not None)
+
+    def _global_mean(self, local_mean: torch.Tensor, local_count: int) -> torch.Tensor:
+        """Rescale a per-process mean so DDP's gradient average yields the global-batch mean."""
+        total = self.ctx.sum(local_count)
+        if total == 0:
+            return local_mean * 0.0
+        return local_mean * (local_count * self.ctx.world_size / total)
+
+    def _gather_labels(self, labels: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """The kept pseudo labels of the whole global batch (rank order), for the contrastive candidates."""
+        if not self.ctx.enabled:
+            return labels[keep]
+        size = torch.tensor([labels.numel()], device=labels.device)
+        sizes = [torch.zeros_like(size) for _ in range(self.ctx.world_size)]
+        torch.distributed.all_gather(sizes, size)
+        longest = int(max(s.item() for s in sizes))
+        padded = torch.full((longest,), -1, dtype=labels.dtype, device=labels.device)
+        padded[: labels.numel()] = torch.where(keep, labels, torch.full_like(labels, -1))
+        gathered = [torch.empty_like(padded) for _ in range(self.ctx.world_size)]
+        torch.distributed.all_gather(gathered, padded)
+        everything = torch.cat(gathered)
+        return everything[everything >= 0]
+
+    @torch.no_grad()
+    def _caption_embeddings(self, captions: list[str]) -> torch.Tensor:
+        tokens = self.teacher.tokenizer(captions).to(self.ctx.device)
+        return F.normalize(self.teacher.model.encode_text(tokens).float(), dim=-1)
+
+    def step(self, iteration: int) -> dict[str, float]:
+        """One optimisation step; returns this step's global loss terms and pseudo-label stats."""
+        recipe, device = self.recipe, self.ctx.device
+        batch = self.batches.build(iteration)
+        images = batch.images.to(device)
+        if recipe.train.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        regions = [b.to(device) for b in batch.regions]
+        counts = [len(b) for b in regions]
+        with torch.no_grad(), self._autocast():
+            teacher_regions = F.normalize(self.teacher_encoder(images, regions).float(), dim=-1)
+        labels = assign_pseudo_labels(teacher_regions, self.concepts, self.pseudo_spec, any_kept=self.ctx.any)
+        with self._autocast():
+            joint = [torch.cat([r, w.to(device)]) for r, w in zip(regions, batch.whole)]
+            embeddings = F.normalize(self.student(images, joint).float(), dim=-1)
+        per_image = embeddings.split([c + 1 for c in counts])
+        student_regions = torch.cat([e[:-1] for e in per_image])
+        student_whole = torch.stack([e[-1] for e in per_image])
+
+        weights, tau = recipe.losses, recipe.losses.temperature
+        terms: dict[str, torch.Tensor] = {}
+        kept = int(labels.keep.sum())
+        if weights.region_concept > 0:
+            candidates = self._gather_labels(labels.labels, labels.keep)
+            local = region_concept_contrastive(student_regions[labels.keep], self.concepts,
+                                               labels.labels[labels.keep], tau, candidate_labels=candidates)
+            terms["region_concept"] = self._global_mean(local, kept)
+        if weights.distillation > 0:
+            local = concept_distillation(student_regions, teacher_regions, self.concepts, tau)
+            terms["distillation"] = self._global_mean(local, len(student_regions))
+        if weights.image_text > 0:
+            text = self._caption_embeddings(batch.captions)
+            local = image_text_contrastive(student_whole, text, tau)
+            terms["image_text"] = self._global_mean(local, len(student_whole))
+        total = sum(getattr(weights, name) * value for name, value in terms.items())
+
+        lr = self._set_lr(iteration)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = None
+        if recipe.optimizer.clip_grad_norm is not None:
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, recipe.optimizer.clip_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+
+        world = self.ctx.world_size
+        stats = {name: self.ctx.sum(float(value.detach())) / world for name, value in terms.items()}
+        stats["loss"] = sum(getattr(weights, name) * stats[name] for name in terms)
+        stats["lr"] = lr
+        stats["kept_regions"] = self.ctx.sum(kept) / max(self.ctx.sum(len(student_regions)), 1)
+        stats["top1_prob"] = self.ctx.sum(float(labels.scores.sum())) / max(self.ctx.sum(len(student_regions)), 1)
+        if grad_norm is not None:
+            stats["grad_norm"] = float(grad_norm)
+        return stats
+
+    def _set_lr(self, iteration: int) -> float:
+        opt = self.recipe.optimizer
+        lr = lr_at(iteration, opt.lr, opt.warmup_iterations, opt.warmup_factor, opt.steps, opt.gamma)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    # --- checkpoints -------------------------------------------------------------------------
+
+    def metadata(self) -> dict:
+        return {"model": self.teacher.name, "recipe": to_plain(self.recipe),
+                "teacher_identity": self.teacher.identity, "concepts": self.concept_names}
+
+    def save(self, path: Path, finished_iterations: int) -> None:
+        save_state(path, model_state=self.student_visual.state_dict(), optimizer=self.optimizer,
+                   iteration=finished_iterations, metadata=self.metadata())
+
+    def resume(self, path: Path) -> None:
+        payload = load_state(path)
+        saved = payload["metadata"].get("recipe", {})
+        current = to_plain(self.recipe)
+        differing = [k for k in current if k != "train" and saved.get(k) != current[k]]
+        differing += [f"train.{k}" for k in current["train"]
+                      if k != "iterations" and saved.get("train", {}).get(k) != current["train"][k]]
+        if differing:
+            raise RegionclipError(f"--resume {path}: the recipe differs from the checkpoint's in "
+                                  f"{', '.join(differing)}; exact resume needs the same recipe")
+        self.student_visual.load_state_dict(payload["state_dict"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.start_iteration = int(payload["iteration"])
+
+    def export_student(self, path: Path, finished_iterations: int) -> None:
+        """The pretrained student as a whole CLIP checkpoint: `zeroshot --weights` loads it."""
+        metadata = {**self.metadata(), "iterations": finished_iterations,
+                    "input_min_size": self.teacher.input_min_size or self.recipe.train.min_size,
+                    "input_max_size": self.teacher.input_max_size or self.recipe.train.max_size,
+                    "trained_by": "regionclip pretrain"}
+        metadata.pop("concepts")
+        save_checkpoint(path, Checkpoint(kind="clip", model=self.teacher.name,
+                                         state_dict=student_state_as_clip(self.teacher, self.student_visual),
+                                         metadata=metadata))
+
+
+@dataclass
+class PretrainOutcome:
+    finished_iterations: int
+    stopped_by: int | None  # the signal that stopped the run early, if any
+    student: Path | None  # the exported student checkpoint (None when stopped early)
+    checkpoint: Path
+    last_stats: dict[str, float]
+    seconds: float
+    images: int
+
+
+def run_pretraining(recipe: PretrainRecipe, *, resume: Path | None, progress: bool,
+                    log: Callable[[str], None]) -> PretrainOutcome:
+    """Train for `recipe.train.iterations` (from a checkpoint if `resume`), saving as it goes."""
+    from regionclip_cli.atomic import write_json
+    from regionclip_cli.devices import resolve_device
+    from regionclip_cli.progress import progress_bar
+    from regionclip_cli.training import MetricsLog, StopRequest, init_distributed
+
+    ctx = init_distributed(resolve_device(recipe.device))
+    try:
+        run = RegionCLIPPretraining(recipe, ctx, log)
+        out = recipe.output
+        checkpoint = out / "checkpoints" / "last.pt"
+        if resume is not None:
+            run.resume(resume)
+        train = recipe.train
+        if ctx.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            write_json(out / "recipe.json", to_plain(recipe), indent=2)
+        metrics = MetricsLog(out / "metrics.jsonl", resume_from=run.start_iteration if resume else None) \
+            if ctx.is_main else None
+        iteration, stats, started = run.start_iteration, {}, time.perf_counter()
+        stopped_by = None
+        with StopRequest() as stop, progress_bar(disable=not (progress and ctx.is_main)) as bar:
+            task = bar.add_task("pretrain", total=train.iterations, completed=iteration, unit="it", status="")
+            while iteration < train.iterations:
+                stats = run.step(iteration)
+                iteration += 1
+                rate = (iteration - run.start_iteration) * train.batch_size / (time.perf_counter() - started)
+                stats["images_per_second"] = rate
+                bar.update(task, advance=1, status=" ".join(
+                    f"{k}={stats[k]:.3f}" for k in ("loss", "region_concept", "distillation", "image_text")
+                    if k in stats) + f" {rate:.1f} img/s")
+                if metrics is not None and (iteration % train.log_every == 0 or iteration == train.iterations):
+                    metrics.write({"iteration": iteration, **stats})
+                if ctx.any(stop.requested):
+                    stopped_by = stop.signal or -1
+                    break
+                if iteration % train.checkpoint_every == 0 and ctx.is_main:
+                    run.save(checkpoint, iteration)
+        for problem in run.batches.problems:
+            log(problem)
+        student = None
+        if ctx.is_main:
+            run.save(checkpoint, iteration)
+            if stopped_by is None:
+                student = out / "student.pt"
+                run.export_student(student, iteration)
+        ctx.barrier()
+        seconds = time.perf_counter() - started
+        return PretrainOutcome(iteration, stopped_by, student, checkpoint, stats, seconds,
+                               (iteration - run.start_iteration) * train.batch_size)
+    finally:
+        ctx.close()
