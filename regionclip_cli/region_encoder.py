@@ -1,0 +1,86 @@
+"""Region embeddings from a CLIP ResNet: one trunk pass per image, CLIP's own head per box.
+
+Cropping every box and running CLIP on each crop repeats the whole network per box. RegionCLIP
+instead runs the trunk (stem → layer3, stride 16) once on the whole image, cuts each box out of
+that map with RoIAlign at twice the attention pool's grid, and finishes every box with CLIP's
+layer4 (which halves the grid) and attention pool. The pool's positional embedding then sees the
+grid it was trained on, so the output lives in CLIP's embedding space, and a box covering a whole
+224×224 image reproduces `encode_image` exactly: with `aligned=True` and one sample per bin, the
+RoIAlign samples land on the feature map's own cell centres.
+
+Batches of differently sized images are expected zero-padded at the bottom/right (zero is the mean
+colour after normalisation), each image at the top-left of its slot. Every layer is
+translation-equivariant with its downsampling anchored at the top-left, so an image's feature map
+in a padded batch equals its map alone except within the trunk's receptive field of the padded
+border: boxes at an image's right or bottom edge see the padding as context (as a crop would see
+zero-padding) and their embeddings shift slightly; boxes away from it, and every box of an image
+that fills the batch unpadded, are unaffected. Batch norm runs in eval mode, so images never
+influence each other.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torchvision.ops import roi_align
+
+TRUNK_STRIDE = 16
+
+
+class RegionEncoder(nn.Module):
+    """Wraps (and shares the weights of) an open_clip `ModifiedResNet` image tower.
+
+    `box_chunk` bounds memory: layer4 runs on at most that many boxes at once, which keeps
+    1000 proposals on an RN50 at a few hundred MB instead of several GB.
+    """
+
+    def __init__(self, visual: nn.Module, box_chunk: int = 256):
+        super().__init__()
+        if not all(hasattr(visual, part) for part in ("stem", "layer3", "layer4", "attnpool")):
+            raise TypeError(
+                f"RegionEncoder needs an open_clip ModifiedResNet image tower, got {type(visual).__name__}"
+            )
+        self.visual = visual
+        rows = visual.attnpool.positional_embedding.shape[0]
+        self.pool_grid = math.isqrt(rows - 1)
+        if self.pool_grid ** 2 + 1 != rows:
+            raise ValueError(f"attention pool positional embedding has {rows} rows, not P*P+1")
+        self.roi_size = 2 * self.pool_grid  # layer4 halves it back to the pool's grid
+        self.box_chunk = box_chunk
+
+    @property
+    def output_dim(self) -> int:
+        return int(self.visual.output_dim)
+
+    def trunk(self, images: torch.Tensor) -> torch.Tensor:
+        """[B, 3, H, W] normalised images → [B, C, ~H/16, ~W/16] res4 features."""
+        visual = self.visual
+        return visual.layer3(visual.layer2(visual.layer1(visual.stem(images))))
+
+    def pool(self, features: torch.Tensor, boxes: list[torch.Tensor]) -> torch.Tensor:
+        """Embed boxes ([Ni, 4] x1y1x2y2 in input-tensor pixels, one tensor per image) → [ΣNi, D].
+
+        Outputs follow the order of `boxes` (image by image, box by box), unnormalised like
+        `encode_image`.
+        """
+        if len(boxes) != features.shape[0]:
+            raise ValueError(f"{len(boxes)} box tensors for a batch of {features.shape[0]} images")
+        total = sum(int(b.shape[0]) for b in boxes)
+        if total == 0:
+            return features.new_zeros((0, self.output_dim))
+        regions = roi_align(
+            features,
+            [b.to(device=features.device, dtype=features.dtype) for b in boxes],
+            output_size=self.roi_size,
+            spatial_scale=1.0 / TRUNK_STRIDE,
+            sampling_ratio=0,
+            aligned=True,
+        )
+        visual = self.visual
+        return torch.cat([visual.attnpool(visual.layer4(chunk)) for chunk in regions.split(self.box_chunk)])
+
+    def forward(self, images: torch.Tensor, boxes: list[torch.Tensor]) -> torch.Tensor:
+        return self.pool(self.trunk(images), boxes)
+
