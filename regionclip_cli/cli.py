@@ -11,7 +11,7 @@ import sys
 import typer
 
 from regionclip_cli import __version__
-from regionclip_cli.commands import concepts, planned, world, zeroshot
+from regionclip_cli.commands import concepts, planned, pretrain, pseudolabel, world, zeroshot
 from regionclip_cli.errors import RegionclipError
 
 app = typer.Typer(
@@ -45,6 +45,8 @@ def _root(
 
 
 app.command("concepts")(concepts.concepts)
+app.command("pseudolabel")(pseudolabel.pseudolabel)
+app.command("pretrain")(pretrain.pretrain)
 for _stage in planned.STAGES:
     app.command(_stage.name, help=_stage.help, context_settings={"ignore_unknown_options": True,
                 "allow_extra_args": True})(planned.not_built(_stage))

@@ -10,6 +10,7 @@ batch never trains on nothing.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -52,3 +53,89 @@ def assign_pseudo_labels(teacher_regions: torch.Tensor, concepts: torch.Tensor,
     if not any_kept(bool(keep.any())):
         keep = torch.ones_like(keep)
     return PseudoLabels(labels, scores, keep)
+
+
+@dataclass
+class LabelledImage:
+    """One image's proposals with the teacher's pseudo labels, boxes in original pixels."""
+
+    path: Path
+    width: int
+    height: int
+    boxes: torch.Tensor
+    labels: PseudoLabels
+
+
+class PseudoLabeler:
+    """The frozen teacher + the concept pool: images in, labelled regions out (for `pseudolabel`)."""
+
+    def __init__(self, clip, concepts: torch.Tensor, spec: PseudoLabelSpec = PseudoLabelSpec()):
+        from regionclip_cli.region_encoder import RegionEncoder
+
+        self.clip = clip
+        self.encoder = RegionEncoder(clip.model.visual).eval()
+        self.concepts = torch.nn.functional.normalize(concepts.float(), dim=-1).to(clip.device)
+        self.spec = spec
+
+    @torch.inference_mode()
+    def label(self, images: list, boxes: list[torch.Tensor]) -> list[LabelledImage]:
+        """Label a batch of `LoadedImage`s with their proposals (original pixels), keep rule per image."""
+        from regionclip_cli.images import pad_batch
+
+        device = self.clip.device
+        batch = pad_batch([img.tensor for img in images]).to(device)
+        scaled = [b.to(device) * img.scale for b, img in zip(boxes, images)]
+        embeddings = self.encoder(batch, scaled).float()
+        results = []
+        for image, image_boxes, emb in zip(images, boxes, embeddings.split([len(b) for b in boxes])):
+            labels = assign_pseudo_labels(emb, self.concepts, self.spec)
+            width, height = image.original_size
+            results.append(LabelledImage(image.path, width, height, image_boxes.cpu(),
+                                         PseudoLabels(labels.labels.cpu(), labels.scores.cpu(), labels.keep.cpu())))
+        return results
+
+
+def label_records(labeler: PseudoLabeler, paths: list[Path], propose, *, resize, batch_size: int,
+                  concept_names: list[str]) -> list[dict]:
+    """JSON-ready records for `paths`, in order: labelled regions, or an error for a bad image.
+
+    `propose(loaded_image) -> boxes` gives each image's proposals in original pixels; it may raise
+    InputError (e.g. no boxes for that image), which becomes that image's error record.
+    """
+    from regionclip_cli.errors import InputError
+    from regionclip_cli.images import ImageLoader, LoadedImage
+
+    records: list[dict | None] = []
+    pending: list[tuple[int, LoadedImage, torch.Tensor]] = []
+
+    def flush() -> None:
+        labelled = labeler.label([p[1] for p in pending], [p[2] for p in pending])
+        for (slot, _, _), item in zip(pending, labelled):
+            records[slot] = {
+                "file": str(item.path), "width": item.width, "height": item.height,
+                "regions": [
+                    {"box": [round(v, 2) for v in box], "concept": concept_names[label],
+                     "concept_index": label, "score": round(score, 5), "keep": keep}
+                    for box, label, score, keep in zip(item.boxes.tolist(), item.labels.labels.tolist(),
+                                                       item.labels.scores.tolist(), item.labels.keep.tolist())
+                ],
+            }
+        pending.clear()
+
+    loader = ImageLoader(paths, mean=labeler.clip.mean, std=labeler.clip.std, resize=resize)
+    for item in loader:
+        records.append(None)
+        if not isinstance(item, LoadedImage):
+            records[-1] = {"file": str(item.path), "error": item.message}
+            continue
+        try:
+            boxes = propose(item)
+        except InputError as error:
+            records[-1] = {"file": str(item.path), "error": str(error)}
+            continue
+        pending.append((len(records) - 1, item, boxes))
+        if len(pending) == batch_size:
+            flush()
+    if pending:
+        flush()
+    return records

@@ -17,8 +17,6 @@ class PlannedStage:
 
 
 STAGES = (
-    PlannedStage("pseudolabel", "Label proposed regions with the teacher's best concept (not built yet)."),
-    PlannedStage("pretrain", "Region-level language-image pretraining from a recipe (not built yet)."),
     PlannedStage("finetune", "Open-vocabulary detector finetuning from a recipe (not built yet)."),
     PlannedStage("ablate", "Run a grid of recipe overrides and compare them (not built yet)."),
 )
