@@ -17,6 +17,7 @@ import difflib
 import hashlib
 import logging
 import os
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,7 +166,9 @@ def _read_weights(path: Path) -> _Weights:
         raise RegionclipError(f"--weights {path}: no such file")
     if _is_torchscript_archive(path):
         try:
-            archive = torch.jit.load(str(path), map_location="cpu")
+            with warnings.catch_warnings():  # TorchScript is deprecated, but it is how OpenAI ships CLIP
+                warnings.simplefilter("ignore", FutureWarning)
+                archive = torch.jit.load(str(path), map_location="cpu")
         except Exception as error:
             raise RegionclipError(f"{path}: a TorchScript archive that cannot be loaded ({error})".splitlines()[0]) from None
         state = {k: v for k, v in archive.state_dict().items() if k not in OPENAI_ARCHIVE_EXTRA_KEYS}
