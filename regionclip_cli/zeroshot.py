@@ -245,5 +245,5 @@ def write_summary(out: Path, totals: dict, failures: int, elapsed: float, metric
     summary = {**totals, "failed_inputs": failures, "seconds": round(elapsed, 3),
                "images_per_second": round(totals["images"] / max(elapsed, 1e-9), 3)}
     if metrics is not None:
-        summary["metrics"] = metrics.metrics
+        summary["metrics"] = metrics.to_dict()["metrics"]
     write_json(Path(out) / "metrics.json", summary, indent=2)

@@ -124,5 +124,5 @@ def _render_summary(out: Path, totals: dict, failures: int, elapsed: float, metr
     table.add_row("outputs", f"{out}/detections.jsonl, {out}/detections_coco.json")
     if metrics is not None:
         for name, value in metrics.metrics.items():
-            table.add_row(name, f"{value:.1f}")
+            table.add_row(name, "–" if value != value else f"{value:.1f}")  # NaN: not measurable
     Console().print(table)
