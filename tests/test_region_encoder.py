@@ -1,0 +1,152 @@
+"""RegionEncoder: equal to CLIP on a whole-image box, batch- and order-independent, trainable."""
+
+from __future__ import annotations
+
+import json
+
+import open_clip
+import pytest
+import torch
+
+from regionclip_cli import models
+from regionclip_cli.images import pad_batch
+from regionclip_cli.region_encoder import RegionEncoder
+
+TINY = "test-region-tiny"
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def tiny_config(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("model_configs")
+    config = {
+        "embed_dim": 32,
+        "vision_cfg": {"image_size": 64, "layers": [1, 2, 1, 1], "width": 8, "head_width": 16},
+        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+    }
+    (folder / f"{TINY}.json").write_text(json.dumps(config))
+    models.register_model_configs()
+    open_clip.add_model_config(folder)
+
+
+def _tiny_models() -> list[str]:
+    models.register_model_configs()
+    return [TINY] + (["world-tiny"] if open_clip.get_model_config("world-tiny") else [])
+
+
+def _visual(name: str, seed: int = 0) -> torch.nn.Module:
+    """An image tower whose batch norms do something (open_clip zero-inits every bn3 weight)."""
+    torch.manual_seed(seed)
+    visual = open_clip.create_model(name).visual
+    for module in visual.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.normal_(0.0, 0.1)
+            module.running_mean.normal_(0.0, 0.1)
+            module.running_var.uniform_(0.5, 2.0)
+    return visual.eval()
+
+
+def _image(height: int, width: int, seed: int) -> torch.Tensor:
+    return torch.randn(3, height, width, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", _tiny_models())
+def test_whole_image_box_equals_encode_image(name, device):
+    visual = _visual(name).to(device)
+    size = visual.image_size
+    images = torch.stack([_image(size, size, 1), _image(size, size, 2)]).to(device)
+    boxes = [torch.tensor([[0.0, 0.0, size, size]], device=device)] * 2
+    with torch.no_grad():
+        expected = visual(images)
+        got = RegionEncoder(visual)(images, boxes)
+    assert got.device == images.device and got.shape == expected.shape
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_rn50_whole_image_box_equals_encode_image():
+    clip = models.load_clip("RN50", random_init=True)
+    visual = _visual("RN50")
+    clip.model.visual.load_state_dict(visual.state_dict())
+    image = _image(224, 224, 3)[None]
+    with torch.no_grad():
+        expected = clip.model.encode_image(image)
+        got = RegionEncoder(clip.model.visual)(image, [torch.tensor([[0.0, 0.0, 224.0, 224.0]])])
+    assert RegionEncoder(clip.model.visual).roi_size == 14 and got.shape == (1, 1024)
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_padded_batch_matches_each_image_alone():
+    encoder = RegionEncoder(_visual(TINY))
+    big, small = _image(256, 224, 4), _image(192, 160, 5)
+    big_boxes = torch.tensor([[0.0, 0.0, 256.0, 224.0], [100.0, 30.0, 224.0, 250.0], [5.0, 5.0, 30.0, 21.0]])
+    # away from the small image's padded border (the trunk's receptive field is < 100 px here)
+    small_boxes = torch.tensor([[0.0, 0.0, 64.0, 64.0], [16.0, 32.0, 96.0, 80.0]])
+    with torch.no_grad():
+        together = encoder(pad_batch([big, small]), [big_boxes, small_boxes])
+        big_alone = encoder(big[None], [big_boxes])
+        small_alone = encoder(small[None], [small_boxes])
+    torch.testing.assert_close(together[:3], big_alone, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(together[3:], small_alone, atol=1e-5, rtol=1e-5)
+
+
+def test_boxes_are_order_equivariant_and_chunking_changes_nothing():
+    visual = _visual(TINY)
+    image = _image(128, 160, 6)[None]
+    generator = torch.Generator().manual_seed(7)
+    corners = torch.rand(9, 2, generator=generator) * torch.tensor([100.0, 80.0])
+    sizes = 8 + torch.rand(9, 2, generator=generator) * 60
+    boxes = torch.cat([corners, corners + sizes], dim=1)
+    order = torch.randperm(9, generator=generator)
+    with torch.no_grad():
+        reference = RegionEncoder(visual)(image, [boxes])
+        permuted = RegionEncoder(visual)(image, [boxes[order]])
+        chunked = RegionEncoder(visual, box_chunk=2)(image, [boxes])
+    torch.testing.assert_close(permuted, reference[order], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(chunked, reference, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(reference[0], reference[1])  # different boxes, different embeddings
+
+
+def test_images_without_boxes():
+    encoder = RegionEncoder(_visual(TINY))
+    images = torch.stack([_image(64, 64, 8), _image(64, 64, 9)])
+    box = torch.tensor([[0.0, 0.0, 64.0, 64.0]])
+    with torch.no_grad():
+        one = encoder(images, [torch.zeros(0, 4), box])
+        none = encoder(images, [torch.zeros(0, 4), torch.zeros(0, 4)])
+        alone = encoder(images[1:], [box])
+    torch.testing.assert_close(one, alone, atol=1e-5, rtol=1e-5)
+    assert none.shape == (0, 32) and none.dtype == torch.float32
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_dtype_and_device_follow_the_module(device):
+    visual = _visual(TINY).to(device=device, dtype=torch.float64)
+    image = _image(64, 64, 10)[None].to(device=device, dtype=torch.float64)
+    box = [torch.tensor([[0.0, 0.0, 64.0, 64.0]])]  # float32 on the CPU: the encoder converts it
+    with torch.no_grad():
+        got = RegionEncoder(visual)(image, box)
+        expected = visual(image)
+    assert got.dtype == torch.float64 and got.device == image.device
+    torch.testing.assert_close(got, expected, atol=1e-10, rtol=1e-10)
+
+
+def test_gradients_reach_the_trunk_when_training():
+    visual = _visual(TINY).train()
+    for part in (visual.conv1, visual.bn1, visual.conv2, visual.bn2, visual.conv3, visual.bn3, visual.layer1):
+        part.requires_grad_(False)  # the student freezes the stem and layer1 (FREEZE_AT 2)
+    encoder = RegionEncoder(visual)
+    image = _image(96, 128, 11)[None]
+    boxes = [torch.tensor([[0.0, 0.0, 64.0, 48.0], [30.0, 20.0, 120.0, 90.0], [10.0, 10.0, 40.0, 40.0]])]
+    encoder(image, boxes).square().sum().backward()
+    for part in (visual.layer2, visual.layer3, visual.layer4, visual.attnpool):
+        grads = [p.grad for p in part.parameters()]
+        assert all(g is not None for g in grads)
+        assert any(g.abs().sum() > 0 for g in grads)
+    assert visual.conv1.weight.grad is None
+
+
+def test_rejects_towers_that_are_not_modified_resnets():
+    with pytest.raises(TypeError, match="ModifiedResNet"):
+        RegionEncoder(torch.nn.Conv2d(3, 8, 3))
