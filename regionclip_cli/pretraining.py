@@ -155,7 +155,7 @@ class RegionCLIPPretraining:
         self.concepts = F.normalize(pool.embeddings.float(), dim=-1).to(device)
         self.teacher_encoder = RegionEncoder(self.teacher.model.visual).eval()
 
-        visual = copy.deepcopy(self.teacher.model.visual)
+        visual = copy.deepcopy(self.teacher.model.visual).requires_grad_(True)
         if recipe.student.weights is not None:
             self._load_student(visual, recipe.student.weights)
         freeze_batchnorm(visual)
