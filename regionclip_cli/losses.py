@@ -66,15 +66,37 @@ def concept_distillation(student_regions: torch.Tensor, teacher_regions: torch.T
     return F.kl_div(log_p, log_q, log_target=True, reduction="batchmean")
 
 
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward hands each rank the summed gradient of its own slice."""
+
+    @staticmethod
+    def forward(ctx, features: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        ctx.rank, ctx.size = dist.get_rank(), features.shape[0]
+        parts = [torch.empty_like(features) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, features.contiguous())
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        return grad[ctx.rank * ctx.size: (ctx.rank + 1) * ctx.size]
+
+
 def gather_with_grad(features: torch.Tensor) -> torch.Tensor:
-    """All ranks' features concatenated (rank order), gradients flowing back to each rank's own."""
+    """All ranks' features concatenated (rank order), gradients flowing back to each rank's own.
+
+    Every rank must pass the same number of rows (the global batch is split evenly).
+    """
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return features
-    from torch.distributed.nn.functional import all_gather
-
-    return torch.cat(all_gather(features), dim=0)
+    return _GatherWithGrad.apply(features)
 
 
 def image_text_contrastive(images: torch.Tensor, texts: torch.Tensor,

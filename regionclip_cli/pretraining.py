@@ -65,6 +65,9 @@ def freeze_stages(visual: torch.nn.Module, freeze_at: int) -> None:
         for module in modules:
             for parameter in module.parameters():
                 parameter.requires_grad_(False)
+    # The attention pool's key bias shifts all of a query's logits equally, so the softmax ignores
+    # it and autograd never gives it a gradient; DDP would wait for one forever.
+    visual.attnpool.k_proj.bias.requires_grad_(False)
 
 
 def student_state_as_clip(teacher: LoadedClip, student_visual: torch.nn.Module) -> dict[str, torch.Tensor]:
