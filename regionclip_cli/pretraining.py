@@ -31,7 +31,8 @@ from regionclip_cli.images import ResizeSpec, load_image, pad_batch, resize_for_
 from regionclip_cli.losses import concept_distillation, image_text_contrastive, region_concept_contrastive
 from regionclip_cli.models import LoadedClip, load_clip
 from regionclip_cli.proposals import BoxFile, RandomBoxSpec, random_boxes, sanitize_boxes
-from regionclip_cli.pseudolabels import PseudoLabelSpec, assign_pseudo_labels
+from regionclip_cli.pseudolabel_shards import PrecomputedLabels, load_precomputed
+from regionclip_cli.pseudolabels import PseudoLabels, PseudoLabelSpec, assign_pseudo_labels
 from regionclip_cli.pretrain_recipe import PretrainRecipe
 from regionclip_cli.recipe import to_plain
 from regionclip_cli.region_encoder import RegionEncoder
@@ -88,13 +89,14 @@ class Batch:
     regions: list[torch.Tensor]  # per image [R, 4] in input pixels
     whole: list[torch.Tensor]  # per image [1, 4] whole-image box, input pixels
     captions: list[str]
+    labels: PseudoLabels | None = None  # read from a `pseudolabel` folder, else computed on the fly
 
 
 class BatchBuilder:
     """Builds this process's part of the global batch at an iteration, deterministically."""
 
     def __init__(self, recipe: PretrainRecipe, items: list[CaptionedImage], mean, std,
-                 ctx: DistributedContext):
+                 ctx: DistributedContext, precomputed: PrecomputedLabels | None = None):
         self.recipe = recipe
         self.items = items
         self.mean, self.std = mean, std
@@ -102,6 +104,7 @@ class BatchBuilder:
         self.resize = ResizeSpec(recipe.train.min_size, recipe.train.max_size)
         proposals = recipe.proposals
         self.box_file = BoxFile(proposals.file) if proposals.source == "file" else None
+        self.precomputed = precomputed
         self.random_spec = RandomBoxSpec(count=proposals.regions_per_image, grid=proposals.grid,
                                          min_size=proposals.min_size, seed=recipe.train.seed)
         self.problems: list[str] = []
@@ -121,13 +124,17 @@ class BatchBuilder:
     def build(self, iteration: int) -> Batch:
         train = self.recipe.train
         indices = global_batch_indices(len(self.items), train.batch_size, iteration, train.seed)
-        tensors, regions, whole, captions = [], [], [], []
+        tensors, regions, whole, captions, labels = [], [], [], [], []
         for position in self.positions:
             item = self.items[indices[position]]
             generator = sample_generator(train.seed, iteration, position)
             original = load_image(item.path)
             width, height = original.size
-            boxes = self._regions(item, width, height, f"{iteration}:{position}", generator)
+            if self.precomputed is not None:
+                boxes, image_labels = self._precomputed(item, generator)
+                labels.append(image_labels)
+            else:
+                boxes = self._regions(item, width, height, f"{iteration}:{position}", generator)
             flip = train.hflip and bool(torch.rand((), generator=generator) < 0.5)
             if flip:
                 original = original.transpose(0)  # PIL FLIP_LEFT_RIGHT
@@ -138,7 +145,23 @@ class BatchBuilder:
             whole.append(torch.tensor([[0.0, 0.0, resized.width, resized.height]]))
             pick = int(torch.randint(len(item.captions), (), generator=generator))
             captions.append(item.captions[pick])
-        return Batch(pad_batch(tensors), regions, whole, captions)
+        joined = None
+        if labels:
+            joined = PseudoLabels(*(torch.cat([getattr(x, f) for x in labels])
+                                    for f in ("labels", "scores", "keep")))
+        return Batch(pad_batch(tensors), regions, whole, captions, joined)
+
+    def _precomputed(self, item: CaptionedImage, generator: torch.Generator) -> tuple[torch.Tensor, PseudoLabels]:
+        record = self.precomputed.for_image(item.path)
+        rows = record["regions"]
+        count = self.recipe.proposals.regions_per_image
+        if len(rows) > count:
+            rows = [rows[i] for i in torch.randperm(len(rows), generator=generator)[:count].tolist()]
+        boxes = torch.tensor([r["box"] for r in rows], dtype=torch.float32).reshape(-1, 4)
+        labels = PseudoLabels(torch.tensor([r["concept_index"] for r in rows], dtype=torch.long),
+                              torch.tensor([r["score"] for r in rows], dtype=torch.float32),
+                              torch.tensor([bool(r["keep"]) for r in rows], dtype=torch.bool))
+        return boxes, labels
 
 
 class RegionCLIPPretraining:
@@ -182,7 +205,10 @@ class RegionCLIPPretraining:
             log(f"data: {len(data.items)} captioned images; {data.images_without_captions} images "
                 f"without captions and {data.captions_without_images} caption rows without images skipped")
         self.data = data
-        self.batches = BatchBuilder(recipe, data.items, self.teacher.mean, self.teacher.std, ctx)
+        precomputed = None
+        if recipe.pseudo_labels.precomputed is not None:
+            precomputed = load_precomputed(recipe.pseudo_labels.precomputed, self.concept_names)
+        self.batches = BatchBuilder(recipe, data.items, self.teacher.mean, self.teacher.std, ctx, precomputed)
         self.start_iteration = 0
 
     def _load_student(self, visual: torch.nn.Module, path: Path) -> None:
@@ -243,7 +269,10 @@ class RegionCLIPPretraining:
         counts = [len(b) for b in regions]
         with torch.no_grad(), self._autocast():
             teacher_regions = F.normalize(self.teacher_encoder(images, regions).float(), dim=-1)
-        labels = assign_pseudo_labels(teacher_regions, self.concepts, self.pseudo_spec, any_kept=self.ctx.any)
+        labels = batch.labels
+        if labels is None:
+            labels = assign_pseudo_labels(teacher_regions, self.concepts, self.pseudo_spec, any_kept=self.ctx.any)
+        labels = PseudoLabels(labels.labels.to(device), labels.scores.to(device), labels.keep.to(device))
         with self._autocast():
             joint = [torch.cat([r, w.to(device)]) for r, w in zip(regions, batch.whole)]
             embeddings = F.normalize(self.student(images, joint).float(), dim=-1)

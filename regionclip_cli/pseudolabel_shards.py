@@ -108,3 +108,41 @@ class ShardedLabels:
             "distinct_labels": len(histogram),
             "label_histogram": dict(histogram.most_common(top)),
         }
+
+
+@dataclass
+class PrecomputedLabels:
+    """Labels written by `regionclip pseudolabel`, looked up by image file name for pretraining."""
+
+    settings: dict
+    records: list[dict]
+
+    def __post_init__(self) -> None:
+        from regionclip_cli.proposals import FileNameIndex
+
+        self._index = FileNameIndex([r["file"] for r in self.records])
+
+    def for_image(self, path: Path) -> dict:
+        found = self._index.find(path)
+        if found is None:
+            raise RegionclipError(f"pseudo_labels.precomputed: no labels for {path}")
+        return self.records[found]
+
+
+def load_precomputed(out_dir: Path, concept_names: list[str]) -> PrecomputedLabels:
+    """Read a finished `pseudolabel` folder; its concept pool must be the one training uses."""
+    manifest_path = Path(out_dir) / "manifest.json"
+    if not manifest_path.is_file():
+        raise RegionclipError(f"pseudo_labels.precomputed {out_dir}: no manifest.json (not a pseudolabel folder)")
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    settings = manifest["settings"]
+    if settings["concepts"] != digest(concept_names):
+        raise RegionclipError(f"pseudo_labels.precomputed {out_dir}: labelled with another concept pool")
+    records = []
+    for index in range(manifest["num_shards"]):
+        path = Path(out_dir) / "shards" / f"shard-{index:05d}.jsonl"
+        if not path.is_file():
+            raise RegionclipError(f"pseudo_labels.precomputed {out_dir}: shard {index} is missing; "
+                                  "rerun the same `regionclip pseudolabel` command to finish it")
+        records.extend(json.loads(line) for line in path.read_text(encoding="utf-8").splitlines())
+    return PrecomputedLabels(settings, [r for r in records if "error" not in r])
