@@ -8,6 +8,12 @@ grid it was trained on, so the output lives in CLIP's embedding space, and a box
 224×224 image reproduces `encode_image` exactly: with `aligned=True` and one sample per bin, the
 RoIAlign samples land on the feature map's own cell centres.
 
+The attention pool is CLIP's own (same weights, same result), computed for the one query it
+returns: open_clip's module attends from all P*P+1 tokens and keeps only the first, and projects
+keys and values of every token; `attention_pool` folds the key projection into the query and the
+value projection after the weighted sum, which is exact algebra and cuts the pool from ~1.5 GFLOPs
+to ~45 MFLOPs per box for RN50 (a third of the per-box cost of the stock pool plus layer4).
+
 Batches of differently sized images are expected zero-padded at the bottom/right (zero is the mean
 colour after normalisation), each image at the top-left of its slot. Every layer is
 translation-equivariant with its downsampling anchored at the top-left, so an image's feature map
@@ -79,8 +85,35 @@ class RegionEncoder(nn.Module):
             aligned=True,
         )
         visual = self.visual
-        return torch.cat([visual.attnpool(visual.layer4(chunk)) for chunk in regions.split(self.box_chunk)])
+        return torch.cat(
+            [attention_pool(visual.attnpool, visual.layer4(chunk)) for chunk in regions.split(self.box_chunk)]
+        )
 
     def forward(self, images: torch.Tensor, boxes: list[torch.Tensor]) -> torch.Tensor:
         return self.pool(self.trunk(images), boxes)
 
+
+
+def attention_pool(pool: nn.Module, features: torch.Tensor) -> torch.Tensor:
+    """open_clip `AttentionPool2d.forward` for its only used output, the mean token's query.
+
+    With one query q per head, q·(W_k t + b_k) = (W_kᵀ q)·t + q·b_k, and the last term is the same
+    for every token so softmax drops it; Σ a_j (W_v t_j + b_v) = W_v (Σ a_j t_j) + b_v because the
+    weights sum to one. So neither keys nor values are ever projected: [N, C, P, P] → [N, D].
+    """
+    batch, channels = features.shape[:2]
+    heads = pool.num_heads
+    head_dim = channels // heads
+    tokens = features.flatten(2).transpose(1, 2)  # [N, P*P, C]
+    tokens = torch.cat([tokens.mean(dim=1, keepdim=True), tokens], dim=1)
+    tokens = tokens + pool.positional_embedding.to(tokens.dtype)  # [N, L, C]
+    query = nn.functional.linear(tokens[:, 0], pool.q_proj.weight, pool.q_proj.bias) * head_dim ** -0.5
+    query = query.view(batch, heads, head_dim).transpose(0, 1)  # [H, N, d]
+    key_weight = pool.k_proj.weight.view(heads, head_dim, channels)  # [H, d, C]
+    folded = torch.bmm(query, key_weight.to(query.dtype)).transpose(0, 1)  # [N, H, C]
+    attention = torch.bmm(folded, tokens.transpose(1, 2)).softmax(dim=-1)  # [N, H, L]
+    mixed = torch.bmm(attention, tokens).transpose(0, 1)  # [H, N, C]
+    value_weight = pool.v_proj.weight.view(heads, head_dim, channels)
+    values = torch.bmm(mixed, value_weight.to(mixed.dtype).transpose(1, 2))  # [H, N, d]
+    values = values.transpose(0, 1).reshape(batch, channels) + pool.v_proj.bias.to(values.dtype)
+    return nn.functional.linear(values, pool.c_proj.weight, pool.c_proj.bias)
