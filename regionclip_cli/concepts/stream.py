@@ -42,6 +42,8 @@ class CountResult:
     parsed: int
     """Distinct captions parsed by this run (fewer than read when captions repeat)."""
     seconds: float
+    spacy_pipeline: str
+    """The pipeline actually used (name-version-spaCy version), after any fallback."""
 
 
 def checkpoint_key(inputs: Sequence[FileIdentity], settings: CountSettings, spacy_version: str) -> dict:
@@ -127,14 +129,14 @@ def count_concepts(
     on_malformed: Callable[[Malformed], None] = lambda m: None,
     on_unreadable: Callable[[str], None] = lambda reason: None,
     on_resume: Callable[[int], None] = lambda captions: None,
-    progress: bool = True,
+    on_progress: Callable[[int], None] = lambda captions: None,
 ) -> CountResult:
     """Count the concepts of every caption in `paths`, resuming from `checkpoint` if it matches.
 
     The checkpoint is rewritten every `checkpoint_every_s` seconds, on Ctrl-C, and at the end.
+    `on_progress` receives the number of captions counted since its last call.
     """
     import spacy
-    from tqdm.auto import tqdm
 
     from regionclip_cli.concepts.parse import load_spacy
 
@@ -182,7 +184,7 @@ def count_concepts(
     started = time.perf_counter()
     parsed = 0
     if finished:
-        return CountResult(counts, inputs, resumed_from, 0, time.perf_counter() - started)
+        return CountResult(counts, inputs, resumed_from, 0, time.perf_counter() - started, version)
 
     captions = read_captions(paths, report, unreadable_file, start=counts.position)
     parser = (_InProcess(settings.parse, nlp) if settings.workers <= 1
@@ -193,8 +195,6 @@ def count_concepts(
     cache: OrderedDict[str, tuple[str, ...]] = OrderedDict()
     pending: set[str] = set()
     in_flight: deque = deque()
-    bar = tqdm(desc="parsing captions", unit=" captions", unit_scale=True, disable=not progress,
-               initial=counts.captions, smoothing=0.1)
     consistent = True
     last_write = time.perf_counter()
 
@@ -213,7 +213,7 @@ def count_concepts(
         consistent = True
         while len(cache) > cache_size:
             cache.popitem(last=False)
-        bar.update(len(entries))
+        on_progress(len(entries))
         if time.perf_counter() - last_write >= settings.checkpoint_every_s:
             write(False)
             last_write = time.perf_counter()
@@ -241,6 +241,5 @@ def count_concepts(
             write(False)
         raise
     finally:
-        bar.close()
         parser.close()
-    return CountResult(counts, inputs, resumed_from, parsed, time.perf_counter() - started)
+    return CountResult(counts, inputs, resumed_from, parsed, time.perf_counter() - started, version)
