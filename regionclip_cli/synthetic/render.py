@@ -208,23 +208,25 @@ def draw_background(background: Background, size: int, noise_seed: int) -> np.nd
     """A (size, size, 3) uint8 texture: noise, stripes, gradient, checker or soft blobs."""
     angle, period, contrast = background.params
     xs, ys = _grid(size)
-    along = xs * np.cos(angle) + ys * np.sin(angle)
-    across = -xs * np.sin(angle) + ys * np.cos(angle)
     rng = np.random.default_rng(noise_seed)
-    if background.kind == "stripes":
-        pattern = np.sign(np.sin(2 * np.pi * along / period))
-    elif background.kind == "gradient":
-        pattern = 2.5 * (along / size - 0.5)
-    elif background.kind == "checker":
-        pattern = np.sign(np.sin(np.pi * along / period) * np.sin(np.pi * across / period))
-    elif background.kind == "blobs":
+    kind = background.kind
+    if kind in ("stripes", "gradient", "checker"):
+        along = xs * np.float32(np.cos(angle)) + ys * np.float32(np.sin(angle))
+    if kind == "stripes":
+        pattern = np.sign(np.sin(along * np.float32(2 * np.pi / period)))
+    elif kind == "gradient":
+        pattern = along * np.float32(2.5 / size) - np.float32(1.25)
+    elif kind == "checker":
+        across = ys * np.float32(np.cos(angle)) - xs * np.float32(np.sin(angle))
+        pattern = np.sign(np.sin(along * np.float32(np.pi / period)) * np.sin(across * np.float32(np.pi / period)))
+    elif kind == "blobs":
         coarse = rng.standard_normal((6, 6)).astype(np.float32)
         pattern = np.asarray(Image.fromarray(coarse).resize((size, size), Image.BICUBIC))
     else:
-        pattern = rng.standard_normal((size, size)).astype(np.float32) * 0.8
-    grain = rng.integers(-6, 7, (size, size, 1), dtype=np.int16)
+        pattern = rng.standard_normal((size, size), dtype=np.float32) * np.float32(0.8)
+    grain = rng.integers(0, 13, (size, size, 1), dtype=np.uint8).astype(np.float32) - np.float32(6)
     tint = np.array(BACKGROUND_TINTS[background.tint], np.float32)
-    pixels = tint + (contrast * pattern)[..., None] + grain
+    pixels = tint + (np.float32(contrast) * pattern)[..., None] + grain
     return np.clip(pixels, 0, 255).astype(np.uint8)
 
 

@@ -1,0 +1,104 @@
+"""The synthetic world: determinism, valid COCO, tight boxes, truthful captions."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from pycocotools.coco import COCO
+
+from regionclip_cli.errors import RegionclipError
+from regionclip_cli.synthetic.captions import caption_corpus, mentioned_categories
+from regionclip_cli.synthetic.categories import WORLD_CATEGORIES, base_names, novel_names, pluralize
+from regionclip_cli.synthetic.render import draw_background, draw_layout, image_rng, render_scene, sample_layout
+from regionclip_cli.synthetic.world import WorldConfig, generate_world, iter_world, world_image
+
+
+def test_categories_and_split():
+    assert len(WORLD_CATEGORIES) >= 16
+    assert [c.id for c in WORLD_CATEGORIES] == list(range(1, len(WORLD_CATEGORIES) + 1))
+    assert set(base_names()) | set(novel_names()) == {c.name for c in WORLD_CATEGORIES}
+    assert not set(base_names()) & set(novel_names())
+    assert 0.2 <= len(novel_names()) / len(WORLD_CATEGORIES) <= 0.3
+    forms = [f for c in WORLD_CATEGORIES for f in c.surface_forms]
+    assert len(forms) == len(set(forms)), "a word must name one category only"
+    assert [pluralize(w) for w in ("box", "daisy", "cross", "plus sign")] == ["boxes", "daisies", "crosses", "plus signs"]
+
+
+def test_image_is_independent_of_world_size():
+    small = list(iter_world(WorldConfig(num_images=3, seed=5)))
+    large = list(iter_world(WorldConfig(num_images=6, seed=5)))
+    for a, b in zip(small, large):
+        assert np.array_equal(np.asarray(a.image), np.asarray(b.image))
+        assert a.objects == b.objects and a.captions == b.captions
+    other_seed = world_image(WorldConfig(seed=6), 0)
+    assert not np.array_equal(np.asarray(other_seed.image), np.asarray(small[0].image))
+
+
+def test_boxes_are_inside_and_tight():
+    size = 224
+    for index in range(20):
+        layout = sample_layout(image_rng(3, index), size)
+        image, objects = draw_layout(layout)
+        pixels = np.asarray(image).astype(int)
+        background = draw_background(layout.background, size, layout.noise_seed).astype(int)
+        changed = (pixels != background).any(-1)
+        assert 1 <= len(objects) <= 6
+        for obj in objects:
+            x1, y1, x2, y2 = obj.box
+            assert 0 <= x1 < x2 <= size and 0 <= y1 < y2 <= size
+            assert max(x2 - x1, y2 - y1) >= 13
+            inside = changed[int(y1):int(y2), int(x1):int(x2)]
+            # every border row and column of the box holds drawn pixels (of this or a later shape)
+            assert inside[0].any() and inside[-1].any() and inside[:, 0].any() and inside[:, -1].any()
+        if len(objects) == 1:  # nothing drawn outside the only box
+            x1, y1, x2, y2 = map(int, objects[0].box)
+            outside = changed.copy()
+            outside[y1:y2, x1:x2] = False
+            assert not outside.any()
+
+
+def test_captions_are_true():
+    for item in iter_world(WorldConfig(num_images=40, seed=11)):
+        present = {o.category_id for o in item.objects}
+        assert 3 <= len(item.captions) <= 5
+        for caption in item.captions:
+            named = mentioned_categories(caption)
+            assert named, caption
+            assert named <= present, (caption, present)
+
+
+def test_caption_corpus_is_varied_and_names_objects():
+    captions = list(caption_corpus(5000, seed=1))
+    assert len(captions) == 5000
+    assert len(set(captions)) / len(captions) > 0.95
+    assert all(mentioned_categories(c) for c in captions)
+    assert captions[:50] == list(caption_corpus(50, seed=1))
+    assert captions[:50] != list(caption_corpus(50, seed=2))
+
+
+def test_generate_world_writes_valid_coco(tmp_path):
+    summary = generate_world(tmp_path, WorldConfig(num_images=6, seed=2, workers=1), progress=False)
+    coco = COCO(str(tmp_path / "annotations.json"))
+    assert len(coco.getImgIds()) == 6 and summary.num_images == 6
+    assert len(coco.getAnnIds()) == summary.num_objects
+    assert {c["id"] for c in coco.loadCats(coco.getCatIds())} == {c.id for c in WORLD_CATEGORIES}
+    assert all(c["split"] in ("base", "novel") and "synonyms" in c for c in coco.dataset["categories"])
+    lines = [json.loads(line) for line in (tmp_path / "captions.jsonl").read_text().splitlines()]
+    assert [line["image_id"] for line in lines] == sorted(coco.getImgIds())
+    for line in lines:
+        image = coco.loadImgs(line["image_id"])[0]
+        assert (tmp_path / line["file"]) == tmp_path / "images" / image["file_name"]
+        assert (tmp_path / line["file"]).is_file()
+    scene = render_scene(2, 4)
+    first = coco.loadAnns(coco.getAnnIds(imgIds=5))
+    assert [a["category_id"] for a in first] == [o.category_id for o in scene.objects]
+    x1, y1, x2, y2 = scene.objects[0].box
+    assert first[0]["bbox"] == pytest.approx([x1, y1, x2 - x1, y2 - y1])
+    assert summary.num_base_categories + summary.num_novel_categories == len(WORLD_CATEGORIES)
+
+
+def test_bad_config_is_a_user_error(tmp_path):
+    with pytest.raises(RegionclipError, match="captions"):
+        generate_world(tmp_path, WorldConfig(num_images=2, min_captions=4, max_captions=2), progress=False)
