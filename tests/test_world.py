@@ -102,3 +102,14 @@ def test_generate_world_writes_valid_coco(tmp_path):
 def test_bad_config_is_a_user_error(tmp_path):
     with pytest.raises(RegionclipError, match="captions"):
         generate_world(tmp_path, WorldConfig(num_images=2, min_captions=4, max_captions=2), progress=False)
+
+
+def test_world_generate_command(tmp_path):
+    from typer.testing import CliRunner
+
+    from regionclip_cli.commands.world import app
+
+    result = CliRunner().invoke(app, ["generate", str(tmp_path / "w"), "--images", "3", "--seed", "4", "-q"])
+    assert result.exit_code == 0, result.output
+    assert "3" in result.output and "15 base + 5 novel" in result.output
+    assert len(list((tmp_path / "w" / "images").glob("*.png"))) == 3
