@@ -1,0 +1,245 @@
+"""The world's CLIP teacher: a tiny open_clip model trained on world image–caption pairs.
+
+RegionCLIP needs a CLIP that understands whole images; no pretrained weights can be downloaded
+here, so we train one: symmetric InfoNCE between images and one random caption each, learnable
+logit scale, AdamW with warmup + cosine decay, fresh world images every step (no image is seen
+twice, so it cannot overfit). Training images come from world seed `TRAIN_WORLD_SEED`; evaluation
+uses other seeds (0 by default), so the figures are on unseen images.
+
+Two details make it fit a shared 2-core CPU in minutes: the model runs in channels-last memory
+format (mkldnn's fast path for small convolutions) and on one thread by default (with other jobs
+on the machine, OpenMP's barriers make two threads several times *slower* than one).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from regionclip_cli.progress import progress_bar
+from regionclip_cli.synthetic.categories import WORLD_CATEGORIES
+from regionclip_cli.synthetic.world import WorldConfig, world_image
+
+MODEL_NAME = "world-tiny"
+TRAIN_WORLD_SEED = 1_000_003
+EVAL_WORLD_SEED = 0
+
+
+@dataclass
+class TeacherConfig:
+    steps: int = 500
+    batch_size: int = 32
+    lr: float = 5e-4
+    weight_decay: float = 0.1
+    warmup_steps: int = 25
+    seed: int = 0
+    world_seed: int = TRAIN_WORLD_SEED
+    image_size: int = 224
+    threads: int = 1  # torch threads; 0 keeps torch's default
+
+
+def register_world_config() -> None:
+    """Make `open_clip.create_model("world-tiny")` work (configs in regionclip_cli/model_configs)."""
+    import open_clip
+
+    if MODEL_NAME not in open_clip.list_models():
+        open_clip.add_model_config(Path(str(resources.files("regionclip_cli") / "model_configs")))
+
+
+def create_world_model(state_dict: dict[str, torch.Tensor] | None = None,
+                       device: torch.device | str = "cpu") -> torch.nn.Module:
+    """A world-tiny CLIP, random or loaded (strictly) from `state_dict`, cast to float32."""
+    import open_clip
+
+    register_world_config()
+    logging.disable(logging.WARNING)  # open_clip warns that no pretrained weights were loaded
+    try:
+        model = open_clip.create_model(MODEL_NAME)
+    finally:
+        logging.disable(logging.NOTSET)
+    if state_dict is not None:
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()})
+    return model.to(device=device, memory_format=torch.channels_last)
+
+
+def shipped_teacher_path() -> Path:
+    return Path(str(resources.files("regionclip_cli") / "data" / "world-tiny.pt"))
+
+
+def _normaliser(model: torch.nn.Module, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+    mean = getattr(model.visual, "image_mean", None) or OPENAI_DATASET_MEAN
+    std = getattr(model.visual, "image_std", None) or OPENAI_DATASET_STD
+    return (torch.tensor(mean, device=device).view(1, 3, 1, 1),
+            torch.tensor(std, device=device).view(1, 3, 1, 1))
+
+
+def images_to_tensor(images: list, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """PIL images (already at the model's size) → a normalised channels-last float batch."""
+    pixels = torch.from_numpy(np.stack([np.asarray(im, dtype=np.uint8) for im in images]))
+    batch = pixels.to(mean.device).permute(0, 3, 1, 2).float().div_(255)
+    return ((batch - mean) / std).contiguous(memory_format=torch.channels_last)
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """CLIP's recipe: no weight decay on gains, biases, embeddings and the logit scale."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        exempt = param.ndim < 2 or "embedding" in name or "logit_scale" in name or ".bn" in name
+        (no_decay if exempt else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _lr_at(step: int, config: TeacherConfig) -> float:
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    return config.lr * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE over a batch of matching (image, caption) pairs."""
+    logits = logit_scale.exp() * image_features @ text_features.T
+    labels = torch.arange(len(logits), device=logits.device)
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+
+
+def train_teacher(config: TeacherConfig, device: torch.device, progress: bool = True,
+                  history: list[float] | None = None) -> dict[str, torch.Tensor]:
+    """Train world-tiny from scratch; return its float32 state dict. Losses go to `history`."""
+    import open_clip
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    model = create_world_model(device=device).train()
+    tokenizer = open_clip.get_tokenizer(MODEL_NAME)
+    mean, std = _normaliser(model, device)
+    optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, 0.98), eps=1e-6)
+    world = WorldConfig(num_images=config.steps * config.batch_size, image_size=config.image_size,
+                        seed=config.world_seed)
+    pick = random.Random(f"teacher-captions:{config.seed}")
+    with progress_bar(disable=not progress) as bar:
+        task = bar.add_task("training teacher", total=config.steps * config.batch_size, unit="img", status="")
+        for step in range(config.steps):
+            items = [world_image(world, step * config.batch_size + i) for i in range(config.batch_size)]
+            images = images_to_tensor([it.image for it in items], mean, std)
+            texts = tokenizer([pick.choice(it.captions) for it in items]).to(device)
+            for group in optimizer.param_groups:
+                group["lr"] = _lr_at(step, config)
+            loss = clip_loss(model.encode_image(images, normalize=True), model.encode_text(texts, normalize=True),
+                             model.logit_scale)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            with torch.no_grad():
+                model.logit_scale.clamp_(0, math.log(100))
+            if history is not None:
+                history.append(loss.item())
+            bar.update(task, advance=config.batch_size, status=f"loss {loss.item():.3f}")
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+
+def save_teacher(path: str | Path, state_dict: dict[str, torch.Tensor], config: TeacherConfig,
+                 half: bool = True, seconds: float | None = None) -> None:
+    """Write a regionclip checkpoint; fp16 floats (recorded as metadata "dtype") keep it small."""
+    from regionclip_cli.checkpoints import Checkpoint, save_checkpoint
+
+    tensors = {k: v.half() if half and v.is_floating_point() else v for k, v in state_dict.items()}
+    metadata = {
+        "input_min_size": config.image_size,
+        "input_max_size": config.image_size,
+        "trained_on": "synthetic world",
+        "teacher_config": asdict(config),
+        "world_seed": config.world_seed,
+        "dtype": "float16" if half else "float32",
+    }
+    if seconds is not None:
+        metadata["training_seconds"] = round(seconds, 1)
+    save_checkpoint(path, Checkpoint(kind="clip", model=MODEL_NAME, state_dict=tensors, metadata=metadata))
+
+
+def load_teacher(path: str | Path | None = None, device: torch.device | str = "cpu") -> torch.nn.Module:
+    """The shipped teacher (or a checkpoint written by `save_teacher`) in eval mode, float32."""
+    from regionclip_cli.checkpoints import load_checkpoint
+
+    checkpoint = load_checkpoint(path or shipped_teacher_path())
+    return create_world_model(checkpoint.state_dict, device).eval()
+
+
+@torch.no_grad()
+def caption_retrieval(model: Union[torch.nn.Module, dict[str, torch.Tensor]], num_images: int = 300,
+                      seed: int = EVAL_WORLD_SEED, device: torch.device | str = "cpu",
+                      batch_size: int = 50) -> dict[str, float]:
+    """Whole-image figures on world images: image→caption and caption→image recall@1/5, and
+    zero-shot accuracy on each image's largest object ("a photo of a {name}.", all categories).
+
+    An image→caption hit is any of the image's own captions in the top k; a caption→image hit is
+    its own image in the top k. These are the baseline RegionCLIP's region-level training must
+    beat at regions, where a whole-image CLIP is weak.
+    """
+    import open_clip
+
+    device = torch.device(device)
+    if isinstance(model, dict):
+        model = create_world_model(model, device)
+    model = model.to(device).eval()
+    tokenizer = open_clip.get_tokenizer(MODEL_NAME)
+    mean, std = _normaliser(model, device)
+    world = WorldConfig(num_images=num_images, seed=seed)
+    items = [world_image(world, i) for i in range(num_images)]
+    image_features = torch.cat([
+        model.encode_image(images_to_tensor([it.image for it in items[i:i + batch_size]], mean, std), normalize=True)
+        for i in range(0, num_images, batch_size)])
+    captions = [c for it in items for c in it.captions]
+    owner = torch.tensor([k for k, it in enumerate(items) for _ in it.captions], device=device)
+    text_features = torch.cat([model.encode_text(tokenizer(captions[i:i + 256]).to(device), normalize=True)
+                               for i in range(0, len(captions), 256)])
+    similarity = image_features @ text_features.T  # images × captions
+
+    def recall(k: int) -> tuple[float, float]:
+        top_captions = similarity.topk(k, dim=1).indices  # per image
+        i2t = (owner[top_captions] == torch.arange(num_images, device=device)[:, None]).any(1)
+        top_images = similarity.T.topk(min(k, num_images), dim=1).indices  # per caption
+        t2i = (top_images == owner[:, None]).any(1)
+        return i2t.float().mean().item(), t2i.float().mean().item()
+
+    (i2t1, t2i1), (i2t5, t2i5) = recall(1), recall(5)
+    prompts = tokenizer([f"a photo of a {c.name}." for c in WORLD_CATEGORIES]).to(device)
+    class_features = model.encode_text(prompts, normalize=True)
+    predicted = (image_features @ class_features.T).argmax(1).cpu()
+    truth = torch.tensor([max(it.objects, key=lambda o: o.area).category_id - 1 for it in items])
+    correct = predicted == truth
+    split = torch.tensor([WORLD_CATEGORIES[t].split == "novel" for t in truth.tolist()])
+    return {
+        "num_images": num_images,
+        "num_captions": len(captions),
+        "image_to_caption_r1": i2t1,
+        "image_to_caption_r5": i2t5,
+        "caption_to_image_r1": t2i1,
+        "caption_to_image_r5": t2i5,
+        "zeroshot_accuracy": correct.float().mean().item(),
+        "zeroshot_accuracy_base": correct[~split].float().mean().item() if (~split).any() else float("nan"),
+        "zeroshot_accuracy_novel": correct[split].float().mean().item() if split.any() else float("nan"),
+        "chance_accuracy": 1 / len(WORLD_CATEGORIES),
+    }
+
+
+def train_and_save(path: str | Path, config: TeacherConfig, device: torch.device, progress: bool = True) -> float:
+    """Train, save (fp16) and return the training time in seconds."""
+    start = time.perf_counter()
+    state_dict = train_teacher(config, device, progress)
+    seconds = time.perf_counter() - start
+    save_teacher(path, state_dict, config, seconds=seconds)
+    return seconds

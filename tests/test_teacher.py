@@ -1,0 +1,56 @@
+"""The tiny CLIP teacher: trains end to end, saves a loadable checkpoint; the shipped one loads."""
+
+from __future__ import annotations
+
+import torch
+
+from regionclip_cli.checkpoints import load_checkpoint
+from regionclip_cli.synthetic.teacher import (
+    MODEL_NAME,
+    TeacherConfig,
+    caption_retrieval,
+    clip_loss,
+    create_world_model,
+    load_teacher,
+    register_world_config,
+    save_teacher,
+    shipped_teacher_path,
+    train_teacher,
+)
+
+
+def test_clip_loss_prefers_matching_pairs():
+    features = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+    scale = torch.tensor(3.0)
+    assert clip_loss(features, features, scale) < clip_loss(features, features.roll(1, 0), scale)
+
+
+def test_short_training_runs_and_saves(tmp_path):
+    history: list[float] = []
+    config = TeacherConfig(steps=8, batch_size=8, warmup_steps=1, lr=3e-3)
+    state_dict = train_teacher(config, torch.device("cpu"), progress=False, history=history)
+    assert len(history) == 8 and all(torch.isfinite(torch.tensor(history)))
+    assert sum(history[-3:]) / 3 < history[0]
+    path = tmp_path / "teacher.pt"
+    save_teacher(path, state_dict, config)
+    checkpoint = load_checkpoint(path)
+    assert checkpoint.kind == "clip" and checkpoint.model == MODEL_NAME
+    assert checkpoint.metadata["dtype"] == "float16" and checkpoint.metadata["teacher_config"]["steps"] == 8
+    model = load_teacher(path)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    figures = caption_retrieval(model, num_images=12)
+    assert 0 <= figures["zeroshot_accuracy"] <= 1 and figures["num_captions"] >= 36
+
+
+def test_shipped_teacher_loads_strictly_and_retrieves_captions():
+    import open_clip
+
+    register_world_config()
+    checkpoint = load_checkpoint(shipped_teacher_path())
+    assert checkpoint.model == MODEL_NAME and checkpoint.metadata["input_min_size"] == 224
+    model = open_clip.create_model(MODEL_NAME)
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in checkpoint.state_dict.items()},
+                          strict=True)
+    figures = caption_retrieval(create_world_model(checkpoint.state_dict), num_images=60, seed=7)
+    chance_r5 = 5 / figures["num_images"]  # each image owns about 1/num_images of the captions
+    assert figures["image_to_caption_r5"] > 3 * chance_r5
