@@ -388,7 +388,7 @@ def print_op_table(run: RegionCLIPPretraining, iteration: int, device: torch.dev
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
         timed_step(run, iteration, device)
-    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     print(f"\ntorch.profiler, one step, top {rows} ops by {key}:")
     print(prof.key_averages().table(sort_by=key, row_limit=rows))
 
