@@ -19,7 +19,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-stderr_console = Console(stderr=True)
+stderr_console = Console(stderr=True, soft_wrap=True)  # one message, one line: never wrapped
 
 
 class RateColumn(ProgressColumn):

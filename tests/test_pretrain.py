@@ -61,7 +61,7 @@ def test_pretrain_trains_and_exports_a_loadable_student(world, tmp_path):
     assert result.returncode == 0, result.stderr
     rows = metrics(out)
     assert [r["iteration"] for r in rows] == [1, 2, 3, 4]
-    assert all(r["loss"] > 0 and r["region_concept"] >= 0 and r["distillation"] >= 0 for r in rows)
+    assert all(r["loss"] > 0 and r["region_concept"] >= 0 and r["distillation"] > -1e-6 for r in rows)
     student = load_checkpoint(out / "student.pt")
     assert student.kind == "clip" and student.model == "world-tiny"
     teacher = load_clip("world-tiny")
@@ -113,7 +113,7 @@ def test_two_process_ddp_matches_one_process(world, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     for row_a, row_b in zip(metrics(single), metrics(ddp)):
         for key in ("loss", "region_concept", "distillation", "image_text"):
-            assert row_a[key] == pytest.approx(row_b[key], rel=1e-4), (key, row_a, row_b)
+            assert row_a[key] == pytest.approx(row_b[key], rel=1e-4, abs=1e-6), (key, row_a, row_b)
     sa = load_checkpoint(single / "student.pt").state_dict
     sb = load_checkpoint(ddp / "student.pt").state_dict
     worst = max((sa[k].float() - sb[k].float()).abs().max().item() for k in sa)
