@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -108,6 +109,8 @@ class BatchBuilder:
         self.random_spec = RandomBoxSpec(count=proposals.regions_per_image, grid=proposals.grid,
                                          min_size=proposals.min_size, seed=recipe.train.seed)
         self.problems: list[str] = []
+        workers = recipe.train.loader_workers
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="regionclip-data") if workers > 0 else None
 
     def _regions(self, item: CaptionedImage, width: int, height: int, key: str,
                  generator: torch.Generator) -> torch.Tensor:
@@ -121,30 +124,36 @@ class BatchBuilder:
             boxes = boxes[torch.randperm(len(boxes), generator=generator)[:count]]
         return boxes
 
+    def _sample(self, iteration: int, position: int, index: int):
+        train = self.recipe.train
+        item = self.items[index]
+        generator = sample_generator(train.seed, iteration, position)
+        original = load_image(item.path)
+        width, height = original.size
+        labels = None
+        if self.precomputed is not None:
+            boxes, labels = self._precomputed(item, generator)
+        else:
+            boxes = self._regions(item, width, height, f"{iteration}:{position}", generator)
+        if train.hflip and bool(torch.rand((), generator=generator) < 0.5):
+            original = original.transpose(0)  # PIL FLIP_LEFT_RIGHT
+            boxes = torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1)
+        resized, scale = resize_for_model(original, self.resize)
+        caption = item.captions[int(torch.randint(len(item.captions), (), generator=generator))]
+        whole = torch.tensor([[0.0, 0.0, resized.width, resized.height]])
+        return to_model_tensor(resized, self.mean, self.std), boxes * scale, whole, caption, labels
+
     def build(self, iteration: int) -> Batch:
+        """Decode, augment and propose for this process's images (in `loader_workers` threads)."""
         train = self.recipe.train
         indices = global_batch_indices(len(self.items), train.batch_size, iteration, train.seed)
-        tensors, regions, whole, captions, labels = [], [], [], [], []
-        for position in self.positions:
-            item = self.items[indices[position]]
-            generator = sample_generator(train.seed, iteration, position)
-            original = load_image(item.path)
-            width, height = original.size
-            if self.precomputed is not None:
-                boxes, image_labels = self._precomputed(item, generator)
-                labels.append(image_labels)
-            else:
-                boxes = self._regions(item, width, height, f"{iteration}:{position}", generator)
-            flip = train.hflip and bool(torch.rand((), generator=generator) < 0.5)
-            if flip:
-                original = original.transpose(0)  # PIL FLIP_LEFT_RIGHT
-                boxes = torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1)
-            resized, scale = resize_for_model(original, self.resize)
-            tensors.append(to_model_tensor(resized, self.mean, self.std))
-            regions.append(boxes * scale)
-            whole.append(torch.tensor([[0.0, 0.0, resized.width, resized.height]]))
-            pick = int(torch.randint(len(item.captions), (), generator=generator))
-            captions.append(item.captions[pick])
+        jobs = [(iteration, position, indices[position]) for position in self.positions]
+        if self._pool is None:
+            samples = [self._sample(*job) for job in jobs]
+        else:
+            samples = list(self._pool.map(lambda job: self._sample(*job), jobs))
+        tensors, regions, whole, captions, labels = (list(column) for column in zip(*samples))
+        labels = [x for x in labels if x is not None]
         joined = None
         if labels:
             joined = PseudoLabels(*(torch.cat([getattr(x, f) for x in labels])
@@ -258,10 +267,14 @@ class RegionCLIPPretraining:
         tokens = self.teacher.tokenizer(captions).to(self.ctx.device)
         return F.normalize(self.teacher.model.encode_text(tokens).float(), dim=-1)
 
-    def step(self, iteration: int) -> dict[str, float]:
-        """One optimisation step; returns this step's global loss terms and pseudo-label stats."""
+    def step(self, iteration: int, batch: Batch | None = None) -> dict[str, float]:
+        """One optimisation step; returns this step's global loss terms and pseudo-label stats.
+
+        `batch` is `self.batches.build(iteration)`, built ahead by the caller to overlap data
+        loading with compute; built here when not given.
+        """
         recipe, device = self.recipe, self.ctx.device
-        batch = self.batches.build(iteration)
+        batch = batch if batch is not None else self.batches.build(iteration)
         images = batch.images.to(device)
         if recipe.train.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
@@ -394,10 +407,15 @@ def run_pretraining(recipe: PretrainRecipe, *, resume: Path | None, progress: bo
             if ctx.is_main else None
         iteration, stats, started = run.start_iteration, {}, time.perf_counter()
         stopped_by = None
-        with StopRequest() as stop, progress_bar(disable=not (progress and ctx.is_main)) as bar:
+        prefetch = ThreadPoolExecutor(1, thread_name_prefix="regionclip-prefetch")
+        with StopRequest() as stop, progress_bar(disable=not (progress and ctx.is_main)) as bar, prefetch:
             task = bar.add_task("pretrain", total=train.iterations, completed=iteration, unit="it", status="")
+            upcoming = prefetch.submit(run.batches.build, iteration) if iteration < train.iterations else None
             while iteration < train.iterations:
-                stats = run.step(iteration)
+                batch = upcoming.result()
+                if iteration + 1 < train.iterations:
+                    upcoming = prefetch.submit(run.batches.build, iteration + 1)
+                stats = run.step(iteration, batch)
                 iteration += 1
                 rate = (iteration - run.start_iteration) * train.batch_size / (time.perf_counter() - started)
                 stats["images_per_second"] = rate
