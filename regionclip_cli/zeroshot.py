@@ -183,7 +183,7 @@ def _gt_image_ids(ground_truth: dict) -> Callable[[Path], int | None]:
     return image_id_of
 
 
-def prepare_job(*, images: list[Path], vocab: str, model: str, pretrained: str | None,
+def prepare_job(*, images: list[Path], vocab: str, model: str | None, pretrained: str | None,
                 weights: Path | None, templates: str, boxes: Path | None, num_random_boxes: int,
                 gt: Path | None, detection: DetectionSpec, min_size: int | None,
                 max_size: int | None, batch_size: int, device: str, cache_dir: Path | None,

@@ -12,7 +12,7 @@ def pseudolabel(
     images: Annotated[list[Path], typer.Argument(help="Image files or folders (searched recursively).", show_default=False)],
     concepts: Annotated[Path, typer.Option(help="concept_embeddings.pt written by `regionclip concepts` for the same teacher.")],
     out: Annotated[Path, typer.Option(help="Output folder: shards/*.jsonl, manifest.json, summary.json, pictures/.")] = Path("runs/pseudolabels"),
-    model: Annotated[str, typer.Option(help="Teacher: open_clip model name (ResNet family; world-tiny for the synthetic world).")] = "RN50",
+    model: Annotated[Optional[str], typer.Option(help="Teacher: open_clip model name (ResNet family; world-tiny for the synthetic world). [default: RN50, or the model a --weights checkpoint names]", show_default=False)] = None,
     pretrained: Annotated[Optional[str], typer.Option(help="Teacher's open_clip pretrained tag, e.g. openai.")] = None,
     weights: Annotated[Optional[Path], typer.Option(help="Teacher's local weights file.")] = None,
     boxes: Annotated[Optional[Path], typer.Option(help="Proposals from a file (COCO JSON, {file: boxes} JSON or JSON Lines) instead of random boxes.")] = None,

@@ -18,7 +18,7 @@ def zeroshot(
     images: Annotated[list[Path], typer.Argument(help="Image files or folders (searched recursively).", show_default=False)],
     vocab: Annotated[str, typer.Option("--vocab", "-v", help="Class names: coco, coco-ovd, lvis, world, a text file (one name per line) or 'cat,dog,fire hydrant'.")] = "coco",
     out: Annotated[Path, typer.Option(help="Output folder: detections.jsonl, detections_coco.json, pictures/, features/, metrics.json.")] = Path("runs/zeroshot"),
-    model: Annotated[str, typer.Option(help="open_clip model name (ResNet family: RN50, RN50x4, ...; world-tiny is the built-in synthetic-world teacher).")] = "RN50",
+    model: Annotated[Optional[str], typer.Option(help="open_clip model name (ResNet family: RN50, RN50x4, ...; world-tiny is the built-in synthetic-world teacher). [default: RN50, or the model a --weights checkpoint names]", show_default=False)] = None,
     pretrained: Annotated[Optional[str], typer.Option(help="open_clip pretrained tag, e.g. openai (downloads on a connected machine).")] = None,
     weights: Annotated[Optional[Path], typer.Option(help="Local weights: open_clip/PyTorch state dict, OpenAI .pt archive, or a regionclip checkpoint.")] = None,
     boxes: Annotated[Optional[Path], typer.Option(help="Boxes to recognise: a COCO annotation JSON (its ground-truth boxes, matched by file name), a {file: [[x1,y1,x2,y2], ...]} JSON, or JSON Lines with 'file' and 'boxes'.")] = None,

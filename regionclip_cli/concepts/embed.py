@@ -16,7 +16,7 @@ EMBEDDINGS_FILE = "concept_embeddings.pt"
 
 @dataclass(frozen=True)
 class EmbedSettings:
-    model: str = "RN50"
+    model: str | None = None  # None: RN50, or the model a weights checkpoint names
     pretrained: str | None = None
     weights: Path | None = None
     templates: str = "ensemble"

@@ -1,0 +1,64 @@
+"""`regionclip pseudolabel`: sharded, resumable without duplicates or gaps."""
+
+import json
+
+import pytest
+
+from regionclip_cli.models import load_clip
+from regionclip_cli.synthetic.categories import WORLD_CATEGORIES
+from regionclip_cli.text import embed_names, save_text_embeddings
+
+
+@pytest.fixture(scope="module")
+def concepts(tmp_path_factory):
+    path = tmp_path_factory.mktemp("pool") / "concepts.pt"
+    clip = load_clip("world-tiny")
+    names = [c.name for c in WORLD_CATEGORIES]
+    templates = ["a photo of a {}."]
+    save_text_embeddings(path, names, embed_names(clip, names, templates, cache_dir=path.parent, progress=False),
+                         clip, templates)
+    return path
+
+
+def records(out):
+    rows = []
+    for shard in sorted((out / "shards").iterdir()):
+        rows += [json.loads(line) for line in shard.read_text().splitlines()]
+    return rows
+
+
+def test_sharded_labels_resume_without_duplicates_or_gaps(cli, small_world, concepts, tmp_path):
+    out = tmp_path / "labels"
+    args = ["pseudolabel", small_world / "images", "--concepts", concepts, "--model", "world-tiny",
+            "--out", out, "--regions", "10", "--shard-size", "3", "--pictures", "2", "--device", "cpu", "-q"]
+    code, stdout, err = cli(*args)
+    assert code == 0, err
+    first = records(out)
+    assert len(first) == 8 and len({r["file"] for r in first}) == 8
+    assert all(len(r["regions"]) == 10 for r in first)
+    names = {c.name for c in WORLD_CATEGORIES}
+    for region in first[0]["regions"]:
+        assert region["concept"] in names and 0 < region["score"] <= 1
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["images"] == 8 and summary["regions"] == 80
+    assert sum(summary["label_histogram"].values()) <= 80
+    assert len(list((out / "pictures").iterdir())) == 2
+
+    kept = out / "shards" / "shard-00000.jsonl"
+    before = kept.stat().st_mtime_ns
+    (out / "shards" / "shard-00001.jsonl").unlink()  # as if interrupted before shard 1 was written
+    code, _, err = cli(*args)
+    assert code == 0 and "resuming" in err
+    assert records(out) == first
+    assert kept.stat().st_mtime_ns == before  # finished shards are not redone
+
+    code, _, err = cli(*[a if a != "10" else "12" for a in args])
+    assert code == 2 and "other settings" in err and "regions_per_image" in err
+    code, _, _ = cli(*[a if a != "10" else "12" for a in args], "--overwrite")
+    assert code == 0 and all(len(r["regions"]) == 12 for r in records(out))
+
+
+def test_concepts_from_another_model_are_refused(cli, small_world, concepts, tmp_path):
+    code, _, err = cli("pseudolabel", small_world / "images", "--concepts", concepts, "--model", "RN50",
+                       "--out", tmp_path / "x", "-q")
+    assert code == 2 and "Traceback" not in err
