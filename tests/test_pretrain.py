@@ -118,3 +118,26 @@ def test_two_process_ddp_matches_one_process(world, tmp_path):
     sb = load_checkpoint(ddp / "student.pt").state_dict
     worst = max((sa[k].float() - sb[k].float()).abs().max().item() for k in sa)
     assert worst < 1e-4
+
+
+def test_sigterm_saves_a_checkpoint_that_resumes(world, tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "stopped"
+    recipe = write_recipe(world, out, iterations=50)
+    process = subprocess.Popen([sys.executable, "-m", "regionclip_cli", "pretrain", str(recipe), "-q"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = out / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (log.exists() and log.read_text()):
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 130, err
+    assert "continue with --resume" in err
+    done = metrics(out)[-1]["iteration"]
+    assert 1 <= done < 50
+    resumed = run_cli("pretrain", str(recipe), "-q", "--resume", "--set", f"train.iterations={done + 1}")
+    assert resumed.returncode == 0, resumed.stderr
+    assert [r["iteration"] for r in metrics(out)] == list(range(1, done + 2))
