@@ -48,16 +48,20 @@ def is_regionclip_checkpoint(obj: object) -> bool:
     return isinstance(obj, dict) and obj.get("format") == FORMAT
 
 
-def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
-    """Load one of our checkpoints; anything else is a one-line error naming the file."""
+def read_torch_file(path: str | os.PathLike, what: str = "checkpoint") -> object:
+    """`torch.load(weights_only=True)` on CPU; a missing or unreadable file is one line naming it."""
     path = Path(path)
     if not path.is_file():
-        raise RegionclipError(f"{path}: no such checkpoint file")
+        raise RegionclipError(f"{path}: no such {what} file")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for non-checkpoints
-        raise RegionclipError(f"{path}: not a loadable checkpoint ({type(error).__name__})") from None
-    return checkpoint_from_object(obj, path)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for files that are not its own
+        raise RegionclipError(f"{path}: not a loadable {what} ({type(error).__name__})") from None
+
+
+def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Load one of our checkpoints; anything else is a one-line error naming the file."""
+    return checkpoint_from_object(read_torch_file(path), path)
 
 
 def checkpoint_from_object(obj: object, path: str | os.PathLike) -> Checkpoint:

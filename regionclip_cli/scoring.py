@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torchvision.ops import batched_nms
 
-PAPER_TEMPERATURE = 0.01
+from regionclip_cli.losses import PAPER_TEMPERATURE
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Sequence
 import torch
 
 from regionclip_cli.atomic import atomic_path
+from regionclip_cli.checkpoints import read_torch_file
 from regionclip_cli.errors import RegionclipError
 
 if TYPE_CHECKING:
@@ -153,13 +154,7 @@ def save_text_embeddings(path: str | os.PathLike, names: Sequence[str], embeddin
 
 
 def load_text_embeddings(path: str | os.PathLike) -> TextEmbeddings:
-    path = Path(path)
-    if not path.is_file():
-        raise RegionclipError(f"{path}: no such embeddings file")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise RegionclipError(f"{path}: not a readable embeddings file ({type(error).__name__})") from None
+    payload = read_torch_file(path, "embeddings")
     if not isinstance(payload, dict) or payload.get("format") != "regionclip-text-embeddings":
         raise RegionclipError(f"{path}: not a regionclip text-embeddings file")
     return TextEmbeddings(

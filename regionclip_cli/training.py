@@ -21,6 +21,7 @@ from typing import Any, Iterable
 import torch
 
 from regionclip_cli.atomic import atomic_path
+from regionclip_cli.checkpoints import read_torch_file
 from regionclip_cli.errors import RegionclipError
 
 
@@ -113,12 +114,7 @@ def save_state(path: Path, *, model_state: dict[str, torch.Tensor], optimizer: t
 
 
 def load_state(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise RegionclipError(f"--resume: {path}: no such checkpoint")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise RegionclipError(f"{path}: not a loadable checkpoint ({type(error).__name__})") from None
+    payload = read_torch_file(path, "training-state checkpoint")
     if not isinstance(payload, dict) or payload.get("kind") != "training-state":
         raise RegionclipError(f"{path}: not a training-state checkpoint (written by pretrain/finetune)")
     return payload
