@@ -187,7 +187,7 @@ def main() -> int:
         ("fast parser (no NER, head-only lemmas), 1 process", len(sample), fast_one_rate),
         (f"count_concepts, {args.workers} workers (incl. start-up, reading)", result.counts.captions, fast_rate),
     ]
-    print(f"\n| path | captions | captions/s | vs naive |\n|---|---:|---:|---:|")
+    print("\n| path | captions | captions/s | vs naive |\n|---|---:|---:|---:|")
     for name, count, value in rows:
         print(f"| {name} | {count:,} | {value:,.0f} | {value / naive_rate:.1f}x |")
     print(f"\nspeed-up of the command path over the naive loop (wall clock): {ratio:.1f}x "

@@ -28,7 +28,6 @@ import argparse
 import contextlib
 import functools
 import json
-import platform
 import random
 import resource
 import statistics
@@ -49,6 +48,8 @@ from regionclip_cli.pretrain_recipe import DataSpec, PretrainRecipe, ProposalSpe
 from regionclip_cli.pretraining import RegionCLIPPretraining
 from regionclip_cli.text import embed_names, save_text_embeddings
 from regionclip_cli.training import DistributedContext
+
+from machine import device_name, synchronize  # benchmarks/machine.py (scripts run from benchmarks/)
 
 PAPER_IMAGES = 600_000 * 96
 PAPER_SECONDS_PER_GPU = 6 * 86_400 * 32
@@ -81,28 +82,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
     return parser.parse_args()
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return cpu_name()
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 # --- workspace ---------------------------------------------------------------------------------

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import platform
 import statistics
 import time
 from typing import Callable
@@ -30,6 +29,8 @@ from torchvision.ops import roi_align
 from regionclip_cli.models import load_clip
 from regionclip_cli.proposals import RandomBoxSpec, random_boxes
 from regionclip_cli.region_encoder import TRUNK_STRIDE, RegionEncoder, attention_pool
+
+from machine import device_name  # benchmarks/machine.py (scripts run from benchmarks/)
 
 
 def parse_args() -> argparse.Namespace:
@@ -47,17 +48,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads [default: torch's]")
     parser.add_argument("--profile", action="store_true", help="also time trunk / RoIAlign / layer4 / attnpool")
     return parser.parse_args()
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 class Bench:
@@ -143,7 +133,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     bench = Bench(args)
-    where = cpu_name() if bench.device.type == "cpu" else torch.cuda.get_device_name(bench.device)
+    where = device_name(bench.device)
     print(f"{args.model} (random weights), image {args.height}x{args.width}, device {bench.device} ({where}), "
           f"{torch.get_num_threads()} threads, amp {args.amp}, channels_last {args.channels_last}, "
           f"torch {torch.__version__}, median of {args.repeats} runs after 1 warm-up")
