@@ -1,4 +1,4 @@
-"""Device selection: one `--device` option everywhere, never a hard-coded `.cuda()`."""
+"""Device selection: one `--device` option everywhere, never a hard-coded CUDA call."""
 
 from __future__ import annotations
 
