@@ -130,7 +130,8 @@ def _image_of(record: dict) -> str | int | None:
     return None
 
 
-def _read_text(path: Path, report: Callable[[int, str], None]) -> Iterator[tuple[str, str | int | None]]:
+def _text_lines(path: Path, report: Callable[[int, str], None]) -> Iterator[tuple[int, str]]:
+    """(line number, text) of the non-blank UTF-8 lines; undecodable ones are reported and skipped."""
     for number, raw in _lines(path):
         try:
             line = _decode(raw)
@@ -138,18 +139,16 @@ def _read_text(path: Path, report: Callable[[int, str], None]) -> Iterator[tuple
             report(number, "not UTF-8 text")
             continue
         if line.strip():
-            yield line, None
+            yield number, line
+
+
+def _read_text(path: Path, report: Callable[[int, str], None]) -> Iterator[tuple[str, str | int | None]]:
+    for _, line in _text_lines(path, report):
+        yield line, None
 
 
 def _read_jsonl(path: Path, report: Callable[[int, str], None]) -> Iterator[tuple[str, str | int | None]]:
-    for number, raw in _lines(path):
-        try:
-            line = _decode(raw)
-        except UnicodeDecodeError:
-            report(number, "not UTF-8 text")
-            continue
-        if not line.strip():
-            continue
+    for number, line in _text_lines(path, report):
         try:
             record = json.loads(line)
         except ValueError as error:
