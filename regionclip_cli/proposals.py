@@ -213,3 +213,35 @@ class BoxFile:
 
 def _entry_from(raw, origin: str) -> ImageEntry:
     return ImageEntry(_boxes_tensor(raw, origin))
+
+
+@dataclass
+class Proposals:
+    """An image's regions (original pixels), its id in a COCO box file, and skipped-box lines."""
+
+    boxes: torch.Tensor
+    image_id: int | None
+    problems: list[str]
+
+
+class ProposalSource:
+    """Where each image's regions come from: a box file (sanitised), else random boxes.
+
+    `max_boxes` caps a file's boxes per image with a sample that depends only on the seed and the
+    file name, so reruns propose the same regions.
+    """
+
+    def __init__(self, box_file: BoxFile | None, random_spec: RandomBoxSpec, max_boxes: int | None = None):
+        self.box_file = box_file
+        self.random_spec = random_spec
+        self.max_boxes = max_boxes
+
+    def for_image(self, path: Path, width: int, height: int) -> Proposals:
+        if self.box_file is None:
+            return Proposals(random_boxes(width, height, self.random_spec, key=path.name), None, [])
+        entry = self.box_file.entry_for(path)
+        boxes, problems = sanitize_boxes(entry.boxes, width, height, str(path))
+        if self.max_boxes is not None and len(boxes) > self.max_boxes:
+            order = torch.randperm(len(boxes), generator=_generator_for(path.name, self.random_spec.seed))
+            boxes = boxes[order[: self.max_boxes]]
+        return Proposals(boxes, entry.image_id, problems)

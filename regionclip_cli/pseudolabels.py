@@ -80,14 +80,11 @@ class PseudoLabeler:
     @torch.inference_mode()
     def label(self, images: list, boxes: list[torch.Tensor]) -> list[LabelledImage]:
         """Label a batch of `LoadedImage`s with their proposals (original pixels), keep rule per image."""
-        from regionclip_cli.images import pad_batch
+        from regionclip_cli.region_encoder import embed_image_regions
 
-        device = self.clip.device
-        batch = pad_batch([img.tensor for img in images]).to(device)
-        scaled = [b.to(device) * img.scale for b, img in zip(boxes, images)]
-        embeddings = self.encoder(batch, scaled).float()
+        embeddings = embed_image_regions(self.encoder, images, boxes, self.clip.device)
         results = []
-        for image, image_boxes, emb in zip(images, boxes, embeddings.split([len(b) for b in boxes])):
+        for image, image_boxes, emb in zip(images, boxes, embeddings):
             labels = assign_pseudo_labels(emb, self.concepts, self.spec)
             width, height = image.original_size
             results.append(LabelledImage(image.path, width, height, image_boxes.cpu(),
@@ -95,12 +92,12 @@ class PseudoLabeler:
         return results
 
 
-def label_records(labeler: PseudoLabeler, paths: list[Path], propose, *, resize, batch_size: int,
-                  concept_names: list[str]) -> list[dict]:
+def label_records(labeler: PseudoLabeler, paths: list[Path], proposals, *, resize, batch_size: int,
+                  concept_names: list[str], problems: list[str]) -> list[dict]:
     """JSON-ready records for `paths`, in order: labelled regions, or an error for a bad image.
 
-    `propose(loaded_image) -> boxes` gives each image's proposals in original pixels; it may raise
-    InputError (e.g. no boxes for that image), which becomes that image's error record.
+    `proposals` gives each image's regions; an InputError (no boxes for that image) or an image
+    left with no usable box becomes that image's error record; skipped boxes go to `problems`.
     """
     from regionclip_cli.errors import InputError
     from regionclip_cli.images import ImageLoader, LoadedImage
@@ -129,11 +126,15 @@ def label_records(labeler: PseudoLabeler, paths: list[Path], propose, *, resize,
             records[-1] = {"file": str(item.path), "error": item.message}
             continue
         try:
-            boxes = propose(item)
+            found = proposals.for_image(item.path, *item.original_size)
         except InputError as error:
             records[-1] = {"file": str(item.path), "error": str(error)}
             continue
-        pending.append((len(records) - 1, item, boxes))
+        problems.extend(found.problems)
+        if len(found.boxes) == 0:
+            records[-1] = {"file": str(item.path), "error": f"{item.path}: no usable boxes"}
+            continue
+        pending.append((len(records) - 1, item, found.boxes))
         if len(pending) == batch_size:
             flush()
     if pending:

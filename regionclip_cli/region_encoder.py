@@ -117,3 +117,18 @@ def attention_pool(pool: nn.Module, features: torch.Tensor) -> torch.Tensor:
     values = torch.bmm(mixed, value_weight.to(mixed.dtype).transpose(1, 2))  # [H, N, d]
     values = values.transpose(0, 1).reshape(batch, channels) + pool.v_proj.bias.to(values.dtype)
     return nn.functional.linear(values, pool.c_proj.weight, pool.c_proj.bias)
+
+
+def embed_image_regions(encoder: RegionEncoder, images: list, boxes: list[torch.Tensor],
+                        device: torch.device) -> list[torch.Tensor]:
+    """L2-normalised float embeddings, one [Ni, D] tensor per image, for prepared images.
+
+    `images` carry `.tensor` (resized, normalised [3, H, W]) and `.scale` (original → input
+    pixels), as `images.LoadedImage` does; `boxes` are in original-image pixels.
+    """
+    from regionclip_cli.images import pad_batch
+
+    batch = pad_batch([image.tensor for image in images]).to(device)
+    scaled = [b.to(device) * image.scale for b, image in zip(boxes, images)]
+    embeddings = nn.functional.normalize(encoder(batch, scaled).float(), dim=-1)
+    return list(embeddings.split([len(b) for b in boxes]))

@@ -20,10 +20,10 @@ from regionclip_cli.atomic import write_json
 from regionclip_cli.detection_writer import DetectionWriter, ImageDetections
 from regionclip_cli.devices import resolve_device
 from regionclip_cli.errors import InputError, RegionclipError
-from regionclip_cli.images import ImageLoader, LoadedImage, ResizeSpec, find_images, pad_batch
+from regionclip_cli.images import ImageLoader, LoadedImage, ResizeSpec, find_images
 from regionclip_cli.models import LoadedClip, load_clip
-from regionclip_cli.proposals import BoxFile, FileNameIndex, RandomBoxSpec, random_boxes, sanitize_boxes
-from regionclip_cli.region_encoder import RegionEncoder
+from regionclip_cli.proposals import BoxFile, FileNameIndex, ProposalSource, RandomBoxSpec
+from regionclip_cli.region_encoder import RegionEncoder, embed_image_regions
 from regionclip_cli.scoring import DetectionSpec, Detections, class_probabilities, select_detections
 from regionclip_cli.text import embed_names, resolve_templates
 from regionclip_cli.vocab import Vocabulary, load_vocabulary
@@ -83,7 +83,7 @@ class ZeroShotDetector:
         self.encoder = RegionEncoder(clip.model.visual).eval()
         self.class_embeddings = class_embeddings.to(clip.device)
         self.spec = spec
-        self.box_file = box_file
+        self.proposals = ProposalSource(box_file, spec.random_boxes)
         self.image_id_of = image_id_of
         self._next_id = 1
 
@@ -96,23 +96,6 @@ class ZeroShotDetector:
         self._next_id = max(self._next_id, found) + 1
         return found
 
-    def _proposals(self, image: LoadedImage) -> tuple[torch.Tensor, int | None, list[str]]:
-        width, height = image.original_size
-        if self.box_file is None:
-            return random_boxes(width, height, self.spec.random_boxes, key=image.path.name), None, []
-        entry = self.box_file.entry_for(image.path)
-        boxes, problems = sanitize_boxes(entry.boxes, width, height, str(image.path))
-        return boxes, entry.image_id, problems
-
-    @torch.inference_mode()
-    def _encode_batch(self, images: list[LoadedImage], boxes: list[torch.Tensor]) -> list[torch.Tensor]:
-        device = self.clip.device
-        batch = pad_batch([img.tensor for img in images]).to(device)
-        scaled = [b.to(device) * img.scale for b, img in zip(boxes, images)]
-        embeddings = self.encoder(batch, scaled)
-        embeddings = torch.nn.functional.normalize(embeddings.float(), dim=-1)
-        return list(embeddings.split([len(b) for b in boxes]))
-
     def run(self, paths: Iterable[Path]) -> Iterator[RegionResult | FailedImage]:
         """Yield one result per path, in order; bad images become FailedImage, the rest go on."""
         loader = ImageLoader(paths, mean=self.clip.mean, std=self.clip.std, resize=self.spec.resize,
@@ -123,11 +106,11 @@ class ZeroShotDetector:
                 yield FailedImage(item.path, item.message)
                 continue
             try:
-                boxes, entry_id, problems = self._proposals(item)
+                found = self.proposals.for_image(item.path, *item.original_size)
             except InputError as error:
                 yield FailedImage(item.path, str(error))
                 continue
-            pending.append((item, boxes, self._image_id(item.path, entry_id), problems))
+            pending.append((item, found.boxes, self._image_id(item.path, found.image_id), found.problems))
             if len(pending) == self.spec.batch_size:
                 yield from self._finish(pending)
                 pending = []
@@ -136,7 +119,8 @@ class ZeroShotDetector:
 
     def _finish(self, pending) -> Iterator[RegionResult]:
         images = [p[0] for p in pending]
-        embeddings = self._encode_batch(images, [p[1] for p in pending])
+        with torch.inference_mode():
+            embeddings = embed_image_regions(self.encoder, images, [p[1] for p in pending], self.clip.device)
         for (image, boxes, image_id, problems), emb in zip(pending, embeddings):
             probabilities = class_probabilities(emb, self.class_embeddings, self.spec.detection.temperature)
             detections = select_detections(boxes.to(emb.device), probabilities, self.spec.detection)
@@ -160,6 +144,12 @@ class ZeroShotJob:
     vocabulary: Vocabulary
     detector: ZeroShotDetector
     ground_truth: dict | None
+
+
+def resize_for(clip: LoadedClip, min_size: int | None, max_size: int | None) -> ResizeSpec:
+    """The options, else the checkpoint's recommended sizes, else detectron2's 800/1333."""
+    return ResizeSpec(min_size or clip.input_min_size or DEFAULT_MIN_SIZE,
+                      max_size or clip.input_max_size or DEFAULT_MAX_SIZE)
 
 
 def _read_ground_truth(path: Path) -> dict:
@@ -199,8 +189,7 @@ def prepare_job(*, images: list[Path], vocab: str, model: str | None, pretrained
     if ground_truth is not None and vocabulary.name not in ("coco", "coco-ovd", "lvis"):
         vocabulary = vocabulary.aligned_to(ground_truth["categories"])
     clip = load_clip(model, pretrained=pretrained, weights=weights, device=resolve_device(device))
-    resize = ResizeSpec(min_size or clip.input_min_size or DEFAULT_MIN_SIZE,
-                        max_size or clip.input_max_size or DEFAULT_MAX_SIZE)
+    resize = resize_for(clip, min_size, max_size)
     class_embeddings = embed_names(clip, vocabulary.names, prompt_templates, cache_dir=cache_dir,
                                    progress=progress)
     spec = ZeroShotSpec(resize=resize, detection=detection,

@@ -38,17 +38,16 @@ def pseudolabel(
 
     Exit codes: 0 all images labelled; 1 some images failed (named on stderr); 2 usage error.
     """
-    import torch
-
     from regionclip_cli.devices import resolve_device
-    from regionclip_cli.errors import InputError, RegionclipError
-    from regionclip_cli.images import ResizeSpec, find_images
+    from regionclip_cli.errors import RegionclipError
+    from regionclip_cli.images import find_images
     from regionclip_cli.models import load_clip
     from regionclip_cli.progress import progress_bar, stderr_console
-    from regionclip_cli.proposals import BoxFile, RandomBoxSpec, random_boxes, sanitize_boxes
+    from regionclip_cli.proposals import BoxFile, ProposalSource, RandomBoxSpec
     from regionclip_cli.pseudolabel_shards import ShardedLabels, ShardSettings, digest
     from regionclip_cli.pseudolabels import PseudoLabeler, PseudoLabelSpec, label_records
     from regionclip_cli.text import check_matches, load_text_embeddings
+    from regionclip_cli.zeroshot import resize_for
 
     paths, missing = find_images(images)
     if not paths:
@@ -64,18 +63,9 @@ def pseudolabel(
         shard_size=shard_size, images=digest([str(p.resolve()) for p in paths]))
     shards = ShardedLabels(out, settings, paths, overwrite=overwrite)
     labeler = PseudoLabeler(clip, pool.embeddings, PseudoLabelSpec(threshold, temperature))
-    resize = ResizeSpec(min_size or clip.input_min_size or 800, max_size or clip.input_max_size or 1333)
-    random_spec = RandomBoxSpec(count=regions, seed=seed)
-
-    def propose(image):
-        width, height = image.original_size
-        if box_file is None:
-            return random_boxes(width, height, random_spec, key=image.path.name)
-        kept, problems = sanitize_boxes(box_file.entry_for(image.path).boxes, width, height, str(image.path))
-        if len(kept) == 0:
-            raise InputError(f"{image.path}: no usable boxes in {boxes}")
-        generator = torch.Generator().manual_seed(seed)
-        return kept[torch.randperm(len(kept), generator=generator)[:regions]]
+    resize = resize_for(clip, min_size, max_size)
+    proposals = ProposalSource(box_file, RandomBoxSpec(count=regions, seed=seed), max_boxes=regions)
+    box_problems: list[str] = []
 
     for problem in missing:
         stderr_console.print(f"[red]error:[/] {problem}", highlight=False)
@@ -87,14 +77,16 @@ def pseudolabel(
         task = bar.add_task("pseudolabel", total=len(paths), completed=done_images, unit="img", status="")
         for index in pending:
             shard_paths = shards.shard_images(index)
-            records = label_records(labeler, shard_paths, propose, resize=resize,
-                                    batch_size=batch_size, concept_names=pool.names)
+            records = label_records(labeler, shard_paths, proposals, resize=resize, batch_size=batch_size,
+                                    concept_names=pool.names, problems=box_problems)
             shards.write_shard(index, records)
             bar.update(task, advance=len(shard_paths), status=f"shard {index + 1}/{shards.num_shards}")
     summary = shards.summary()
     failures = [r for r in shards.records() if "error" in r]
     for record in failures:
         stderr_console.print(f"[red]skipped[/] {record['error']}", highlight=False)
+    for problem in box_problems:
+        stderr_console.print(f"[yellow]warning:[/] {problem}", highlight=False)
     from regionclip_cli.atomic import write_json
 
     write_json(out / "summary.json", summary, indent=2)
@@ -103,7 +95,7 @@ def pseudolabel(
 
         draw_labelled_records(shards.records(), out / "pictures", limit=pictures)
     _render(summary, out)
-    raise typer.Exit(1 if failures or missing else 0)
+    raise typer.Exit(1 if failures or missing or box_problems else 0)
 
 
 def _render(summary: dict, out: Path) -> None:
