@@ -79,6 +79,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--flops", action="store_true",
                         help="count the FLOPs of one step (torch FlopCounterMode: convs and matmuls, fwd + bwd)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads [default: torch's]")
+    parser.add_argument("--baseline", action="store_true",
+                        help="also time, interleaved, the step without its exact shortcuts (teacher batch norm "
+                             "folded, student taking the teacher's layer1) and print the ratio")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
     return parser.parse_args()
@@ -288,6 +291,7 @@ def instrumented(run: RegionCLIPPretraining, clock: PhaseClock) -> Iterator[None
                           clock.wrap(torch.nn.utils.clip_grad_norm_, "optimiser: grad-norm clip")),
         mock.patch.object(run.batches, "build", clock.wrap(run.batches.build, "data: boxes, captions, other")),
         mock.patch.object(run, "_caption_embeddings", clock.wrap(run._caption_embeddings, "text: caption encoding")),
+        mock.patch.object(run.teacher_encoder, "layer1", clock.wrap(run.teacher_encoder.layer1, "teacher trunk: stem + layer1")),
         mock.patch.object(run.teacher_encoder, "trunk", clock.wrap(run.teacher_encoder.trunk, "teacher trunk")),
         mock.patch.object(run.teacher_encoder, "pool", clock.wrap(run.teacher_encoder.pool, "teacher pool: other")),
         mock.patch.object(run.student, "trunk", clock.wrap(student_trunk, "student trunk")),
@@ -381,6 +385,39 @@ def count_flops(run: RegionCLIPPretraining, iteration: int, device: torch.device
     return counter.get_total_flops()
 
 
+def unshortcut_run(recipe: PretrainRecipe, device: torch.device) -> RegionCLIPPretraining:
+    """The same run without its exact shortcuts: the teacher keeps separate batch norm layers
+    and the student recomputes the stem and layer1 (the step before those were added)."""
+    with mock.patch.object(pretraining_module, "fold_batchnorm", lambda tower: 0):
+        run = RegionCLIPPretraining(recipe, DistributedContext(0, 1, device), log=lambda message: None)
+    run.shares_layer1 = False
+    return run
+
+
+def compare_with_baseline(run: RegionCLIPPretraining, recipe: PretrainRecipe, device: torch.device,
+                          first_iteration: int, steps: int) -> dict:
+    """Median step times of `run` and of `unshortcut_run`, alternating step by step on the same
+    iterations so both see the same load on a shared machine."""
+    baseline = unshortcut_run(recipe, device)
+    timed_step(baseline, first_iteration, device)  # warm-up
+    walls: dict[str, list[float]] = {"baseline": [], "shortcuts": []}
+    losses: dict[str, list[float]] = {"baseline": [], "shortcuts": []}
+    for iteration in range(first_iteration + 1, first_iteration + 1 + steps):
+        for name, which in (("baseline", baseline), ("shortcuts", run)):
+            wall, _, stats = timed_step(which, iteration, device)
+            walls[name].append(wall)
+            losses[name].append(stats["loss"])
+    medians = {name: statistics.median(values) for name, values in walls.items()}
+    print(f"\nbaseline (batch norm unfolded, student recomputes stem + layer1), {steps} interleaved steps:")
+    print(f"{'':<10} | {'median s/step':>13} | losses")
+    for name in walls:
+        print(f"{name:<10} | {medians[name]:>13.3f} | {', '.join(f'{x:.4f}' for x in losses[name])}")
+    ratio = medians["baseline"] / medians["shortcuts"]
+    print(f"speed-up from the shortcuts: {ratio:.3f}x")
+    return {"baseline_step_seconds": walls["baseline"], "shortcut_step_seconds": walls["shortcuts"],
+            "speedup": ratio}
+
+
 def duration(seconds: float) -> str:
     days = seconds / 86_400
     return f"{days / 365.25:.1f} years" if days > 365 else f"{days:.1f} days"
@@ -443,6 +480,9 @@ def main() -> None:
         if "peak_gpu_memory_gib" in figures:
             print(f"peak GPU memory {figures['peak_gpu_memory_gib']:.1f} GiB")
 
+        if args.baseline:
+            figures["baseline"] = compare_with_baseline(run, recipe, device, iteration, args.steps)
+            iteration += args.steps + 1
         if args.profile:
             phases, step_seconds = profile_phases(run, range(iteration, iteration + args.profile_steps), device)
             iteration += args.profile_steps

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from regionclip_cli.batchnorm_folding import fold_batchnorm
 from regionclip_cli.caption_data import (CaptionedImage, global_batch_indices, rank_slice,
                                          read_captioned_images, sample_generator)
 from regionclip_cli.checkpoints import Checkpoint, load_checkpoint, save_checkpoint
@@ -72,13 +73,19 @@ def freeze_stages(visual: torch.nn.Module, freeze_at: int) -> None:
     visual.attnpool.k_proj.bias.requires_grad_(False)
 
 
-def student_state_as_clip(teacher: LoadedClip, student_visual: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """A whole-CLIP state dict: the teacher's text side with the student's image tower.
+def clip_state_template(teacher: LoadedClip) -> dict[str, torch.Tensor]:
+    """What a whole-CLIP checkpoint takes from the teacher: its text side, and the image tower's
+    `num_batches_tracked` counters that FrozenBatchNorm2d does not keep (so exports load strictly).
 
-    FrozenBatchNorm2d keeps the same parameter/buffer names as BatchNorm2d except
-    `num_batches_tracked`, which is taken from the teacher so the result loads strictly.
+    Taken before the teacher's batch norm is folded, which renames its image tower's keys.
     """
-    state = {k: v.detach().cpu().clone() for k, v in teacher.model.state_dict().items()}
+    return {k: v.detach().cpu().clone() for k, v in teacher.model.state_dict().items()
+            if not k.startswith("visual.") or k.endswith("num_batches_tracked")}
+
+
+def student_state_as_clip(template: dict[str, torch.Tensor], student_visual: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A whole-CLIP state dict: the teacher's text side (`clip_state_template`) with the student's image tower."""
+    state = dict(template)
     for key, value in student_visual.state_dict().items():
         state[f"visual.{key}"] = value.detach().cpu().clone()
     return state
@@ -188,7 +195,7 @@ class RegionCLIPPretraining:
         check_matches(pool, self.teacher, origin=f"concepts {recipe.concepts}")
         self.concept_names = pool.names
         self.concepts = F.normalize(pool.embeddings.float(), dim=-1).to(device)
-        self.teacher_encoder = RegionEncoder(self.teacher.model.visual).eval()
+        self.clip_template = clip_state_template(self.teacher)
 
         visual = copy.deepcopy(self.teacher.model.visual).requires_grad_(True)
         if recipe.student.weights is not None:
@@ -196,6 +203,11 @@ class RegionCLIPPretraining:
         freeze_batchnorm(visual)
         freeze_stages(visual, recipe.student.freeze_at)
         self.student_visual = visual.to(device).train()
+        # A student made from the teacher with its stem and layer1 frozen computes exactly the
+        # teacher's layer1 features, so it takes them from the teacher's pass instead.
+        self.shares_layer1 = recipe.student.weights is None and recipe.student.freeze_at >= 2
+        fold_batchnorm(self.teacher.model.visual.eval())
+        self.teacher_encoder = RegionEncoder(self.teacher.model.visual).eval()
         if recipe.train.channels_last:
             self.student_visual.to(memory_format=torch.channels_last)
             self.teacher.model.visual.to(memory_format=torch.channels_last)
@@ -281,14 +293,17 @@ class RegionCLIPPretraining:
         regions = [b.to(device) for b in batch.regions]
         counts = [len(b) for b in regions]
         with torch.no_grad(), self._autocast():
-            teacher_regions = F.normalize(self.teacher_encoder(images, regions).float(), dim=-1)
+            layer1 = self.teacher_encoder.layer1(images)
+            teacher_features = self.teacher_encoder.trunk(images, layer1)
+            teacher_regions = F.normalize(self.teacher_encoder.pool(teacher_features, regions).float(), dim=-1)
         labels = batch.labels
         if labels is None:
             labels = assign_pseudo_labels(teacher_regions, self.concepts, self.pseudo_spec, any_kept=self.ctx.any)
         labels = PseudoLabels(labels.labels.to(device), labels.scores.to(device), labels.keep.to(device))
         with self._autocast():
             joint = [torch.cat([r, w.to(device)]) for r, w in zip(regions, batch.whole)]
-            embeddings = F.normalize(self.student(images, joint).float(), dim=-1)
+            embeddings = F.normalize(
+                self.student(images, joint, layer1_features=layer1 if self.shares_layer1 else None).float(), dim=-1)
         per_image = embeddings.split([c + 1 for c in counts])
         student_regions = torch.cat([e[:-1] for e in per_image])
         student_whole = torch.stack([e[-1] for e in per_image])
@@ -369,7 +384,7 @@ class RegionCLIPPretraining:
                     "trained_by": "regionclip pretrain"}
         metadata.pop("concepts")
         save_checkpoint(path, Checkpoint(kind="clip", model=self.teacher.name,
-                                         state_dict=student_state_as_clip(self.teacher, self.student_visual),
+                                         state_dict=student_state_as_clip(self.clip_template, self.student_visual),
                                          metadata=metadata))
 
 

@@ -60,10 +60,19 @@ class RegionEncoder(nn.Module):
     def output_dim(self) -> int:
         return int(self.visual.output_dim)
 
-    def trunk(self, images: torch.Tensor) -> torch.Tensor:
-        """[B, 3, H, W] normalised images → [B, C, ~H/16, ~W/16] res4 features."""
-        visual = self.visual
-        return visual.layer3(visual.layer2(visual.layer1(visual.stem(images))))
+    def layer1(self, images: torch.Tensor) -> torch.Tensor:
+        """[B, 3, H, W] normalised images → stride-4 layer1 features."""
+        return self.visual.layer1(self.visual.stem(images))
+
+    def trunk(self, images: torch.Tensor, layer1_features: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, 3, H, W] normalised images → [B, C, ~H/16, ~W/16] res4 features.
+
+        `layer1_features` skips the stem and layer1 when another tower with the same frozen
+        stem and layer1 (the teacher, for a student initialised from it) has computed them.
+        """
+        if layer1_features is None:
+            layer1_features = self.layer1(images)
+        return self.visual.layer3(self.visual.layer2(layer1_features))
 
     def pool(self, features: torch.Tensor, boxes: list[torch.Tensor]) -> torch.Tensor:
         """Embed boxes ([Ni, 4] x1y1x2y2 in input-tensor pixels, one tensor per image) → [ΣNi, D].
@@ -89,8 +98,9 @@ class RegionEncoder(nn.Module):
             [attention_pool(visual.attnpool, visual.layer4(chunk)) for chunk in regions.split(self.box_chunk)]
         )
 
-    def forward(self, images: torch.Tensor, boxes: list[torch.Tensor]) -> torch.Tensor:
-        return self.pool(self.trunk(images), boxes)
+    def forward(self, images: torch.Tensor, boxes: list[torch.Tensor],
+                layer1_features: torch.Tensor | None = None) -> torch.Tensor:
+        return self.pool(self.trunk(images, layer1_features), boxes)
 
 
 

@@ -5,16 +5,22 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
 import yaml
 
+from regionclip_cli import pretraining
 from regionclip_cli.checkpoints import load_checkpoint
 from regionclip_cli.models import load_clip
+from regionclip_cli.pretrain_recipe import PretrainRecipe
+from regionclip_cli.pretraining import RegionCLIPPretraining
+from regionclip_cli.recipe import load_recipe
 from regionclip_cli.synthetic.categories import WORLD_CATEGORIES
 from regionclip_cli.synthetic.world import WorldConfig, generate_world
 from regionclip_cli.text import embed_names, save_text_embeddings
+from regionclip_cli.training import DistributedContext
 
 
 @pytest.fixture(scope="module")
@@ -141,3 +147,22 @@ def test_sigterm_saves_a_checkpoint_that_resumes(world, tmp_path):
     resumed = run_cli("pretrain", str(recipe), "-q", "--resume", "--set", f"train.iterations={done + 1}")
     assert resumed.returncode == 0, resumed.stderr
     assert [r["iteration"] for r in metrics(out)] == list(range(1, done + 2))
+
+
+def test_folded_teacher_and_shared_layer1_change_nothing(world, tmp_path):
+    """The step's exact shortcuts (teacher batch norm folded into its convolutions, the student
+    taking the teacher's layer1 output) give the same losses and weights as the plain step."""
+    recipe = load_recipe(PretrainRecipe, write_recipe(world, tmp_path / "run"))
+    context = DistributedContext(0, 1, torch.device("cpu"))
+    fast = RegionCLIPPretraining(recipe, context, log=lambda message: None)
+    with mock.patch.object(pretraining, "fold_batchnorm", lambda tower: 0):
+        plain = RegionCLIPPretraining(recipe, context, log=lambda message: None)
+    plain.shares_layer1 = False
+    assert fast.shares_layer1
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.teacher.model.visual.modules())
+    for iteration in range(2):
+        got, expected = fast.step(iteration), plain.step(iteration)
+        for term in ("region_concept", "distillation", "image_text", "top1_prob", "kept_regions"):
+            assert got[term] == pytest.approx(expected[term], rel=1e-4, abs=1e-5), term
+    for (name, a), b in zip(fast.student_visual.state_dict().items(), plain.student_visual.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import open_clip
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 from regionclip_cli import models
+from regionclip_cli.batchnorm_folding import fold_batchnorm
 from regionclip_cli.images import pad_batch
 from regionclip_cli.region_encoder import RegionEncoder, attention_pool
 
@@ -161,3 +163,27 @@ def test_single_query_attention_pool_equals_open_clip_module(name):
     features = torch.randn(6, pool.k_proj.in_features, side, side, generator=torch.Generator().manual_seed(12))
     with torch.no_grad():
         torch.testing.assert_close(attention_pool(pool, features), pool(features), atol=1e-5, rtol=1e-5)
+
+
+def test_folded_batchnorm_gives_the_same_regions_and_layer1_can_come_from_outside():
+    visual = _visual(TINY, seed=3)
+    images = torch.stack([_image(96, 128, 11), _image(96, 128, 12)])
+    boxes = [torch.tensor([[4.0, 6.0, 70.0, 90.0], [0.0, 0.0, 128.0, 96.0]]), torch.tensor([[30.0, 10.0, 60.0, 40.0]])]
+    with torch.no_grad():
+        reference = RegionEncoder(visual)(images, boxes)
+        folded_visual = copy.deepcopy(visual)
+        # stem 3 pairs; bottlenecks (1 + 2 + 1 + 1) x 3 pairs; every first bottleneck's downsample 1 pair
+        assert fold_batchnorm(folded_visual) == 3 + 5 * 3 + 4
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded_visual.modules())
+        folded = RegionEncoder(folded_visual)
+        got = folded(images, boxes)
+        from_outside = RegionEncoder(visual)(images, boxes, layer1_features=folded.layer1(images))
+    torch.testing.assert_close(got, reference, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(from_outside, reference, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(got[0], got[1])
+
+
+def test_folding_refuses_a_tower_in_training_mode():
+    visual = _visual(TINY).train()
+    with pytest.raises(ValueError, match="frozen tower"):
+        fold_batchnorm(visual)

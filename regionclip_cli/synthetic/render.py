@@ -24,6 +24,7 @@ from regionclip_cli.synthetic.categories import BACKGROUND_TINTS, OBJECT_COLOURS
 BACKGROUND_KINDS = ("noise", "stripes", "gradient", "checker", "blobs")
 MIN_OBJECT_SIZE = 14.0  # pixels, longest box side
 MAX_OBJECT_FRACTION = 0.5  # of the image side
+MAX_ROTATION = np.pi  # radians either way
 
 
 def _arc(cx: float, cy: float, rx: float, ry: float, start: float, stop: float, n: int = 48) -> np.ndarray:
@@ -182,7 +183,7 @@ def sample_layout(rng: np.random.Generator, size: int, min_objects: int = 1, max
         jitter = rng.integers(-18, 19, 3)
         rgb = tuple(int(v) for v in np.clip(np.array(OBJECT_COLOURS[colour]) + jitter, 0, 255))
         strokes = _transformed(SHAPES[category.name], 1.0, float(rng.uniform(0.85, 1.18)),
-                               float(rng.uniform(0, 2 * np.pi)))
+                               float(rng.uniform(-MAX_ROTATION, MAX_ROTATION)))
         extent = _box_of(strokes)
         scale = target / max(extent[2] - extent[0], extent[3] - extent[1])
         strokes = [(poly * scale, ink) for poly, ink in strokes]
