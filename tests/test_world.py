@@ -113,3 +113,13 @@ def test_world_generate_command(tmp_path):
     assert result.exit_code == 0, result.output
     assert "3" in result.output and "15 base + 5 novel" in result.output
     assert len(list((tmp_path / "w" / "images").glob("*.png"))) == 3
+
+
+def test_min_object_size_sets_the_smallest_shape():
+    sizes = [max(o.box[2] - o.box[0], o.box[3] - o.box[1])
+             for i in range(30) for o in render_scene(5, i, 224, 1, 4, min_object_size=48).objects]
+    assert min(sizes) >= 46 and max(sizes) <= 113
+    default = [max(o.box[2] - o.box[0], o.box[3] - o.box[1]) for i in range(30) for o in render_scene(5, i).objects]
+    assert min(default) < 30  # the default world keeps its small shapes
+    with pytest.raises(RegionclipError, match="--min-object-size"):
+        WorldConfig(min_object_size=200).check()

@@ -36,6 +36,7 @@ def generate(
     min_captions: Annotated[int, typer.Option(min=1, help="Fewest captions per image.")] = 3,
     max_captions: Annotated[int, typer.Option(min=1, help="Most captions per image.")] = 5,
     max_objects: Annotated[int, typer.Option(min=1, help="Most shapes per image (at least 1).")] = 6,
+    min_object_size: Annotated[float, typer.Option(help="Smallest shape in pixels (longest box side); sizes are log-uniform up to half the image.")] = 14.0,
     workers: Annotated[int, typer.Option(min=0, help="Rendering processes; 0 = one per CPU core.")] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
@@ -50,7 +51,8 @@ def generate(
     from regionclip_cli.synthetic.world import WorldConfig, generate_world
 
     config = WorldConfig(num_images=images, image_size=image_size, seed=seed, min_captions=min_captions,
-                         max_captions=max_captions, max_objects=max_objects, workers=workers)
+                         max_captions=max_captions, max_objects=max_objects,
+                         min_object_size=min_object_size, workers=workers)
     summary = generate_world(out_dir, config, progress=not quiet)
     table = Table(title=f"world written to {summary.out_dir}", show_header=False)
     table.add_row("images", f"{summary.num_images:,} ({image_size}×{image_size}, seed {seed})")
@@ -68,6 +70,8 @@ def teacher(
     batch_size: Annotated[int, typer.Option(min=2, help="Image–caption pairs per step (the contrastive batch).")] = 32,
     lr: Annotated[float, typer.Option(min=0.0, help="Peak AdamW learning rate (warmup, then cosine decay).")] = 5e-4,
     seed: Annotated[int, typer.Option(help="Initialisation and caption-sampling seed.")] = 0,
+    max_objects: Annotated[int, typer.Option(min=1, help="Most shapes per training image.")] = 6,
+    min_object_size: Annotated[float, typer.Option(help="Smallest shape in the training images, in pixels.")] = 14.0,
     threads: Annotated[int, typer.Option(min=0, help="CPU threads (1 is fastest on a busy machine; 0 = torch's default).")] = 1,
     eval_images: Annotated[int, typer.Option(min=10, help="Held-out world images (seed 0) for the retrieval figures.")] = 300,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
@@ -87,7 +91,8 @@ def teacher(
 
     torch_device = resolve_device(device)
     config = TeacherConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, threads=threads,
-                           warmup_steps=min(25, max(1, steps // 10)))
+                           warmup_steps=min(25, max(1, steps // 10)), max_objects=max_objects,
+                           min_object_size=min_object_size)
     seconds = train_and_save(out, config, torch_device, progress=not quiet)
     figures = caption_retrieval(load_teacher(out, torch_device), eval_images, device=torch_device)
     table = Table(title=f"teacher written to {out} ({seconds:.0f} s training)")

@@ -22,9 +22,8 @@ from PIL import Image, ImageDraw
 from regionclip_cli.synthetic.categories import BACKGROUND_TINTS, OBJECT_COLOURS, WORLD_CATEGORIES
 
 BACKGROUND_KINDS = ("noise", "stripes", "gradient", "checker", "blobs")
-MIN_OBJECT_SIZE = 14.0  # pixels, longest box side
+MIN_OBJECT_SIZE = 14.0  # pixels, longest box side (the default; worlds may ask for larger)
 MAX_OBJECT_FRACTION = 0.5  # of the image side
-MAX_ROTATION = np.pi  # radians either way
 
 
 def _arc(cx: float, cy: float, rx: float, ry: float, start: float, stop: float, n: int = 48) -> np.ndarray:
@@ -167,13 +166,15 @@ def _overlap_fraction(box: np.ndarray, others: list[np.ndarray]) -> float:
     return worst
 
 
-def sample_layout(rng: np.random.Generator, size: int, min_objects: int = 1, max_objects: int = 6) -> Layout:
-    """Choose background and shapes. Larger shapes come first so small ones are drawn on top;
+def sample_layout(rng: np.random.Generator, size: int, min_objects: int = 1, max_objects: int = 6,
+                  min_object_size: float = MIN_OBJECT_SIZE) -> Layout:
+    """Choose background and shapes. Sizes (longest box side) are log-uniform from
+    `min_object_size` to half the image. Larger shapes come first so small ones are drawn on top;
     a shape that would hide more than 40% of an earlier one is moved, or dropped after 20 tries."""
     background = _sample_background(rng)
     count = int(rng.integers(min_objects, max_objects + 1))
-    largest = max(MIN_OBJECT_SIZE + 1, MAX_OBJECT_FRACTION * size)
-    sizes = np.sort(np.exp(rng.uniform(np.log(MIN_OBJECT_SIZE), np.log(largest), count)))[::-1]
+    largest = max(min_object_size + 1, MAX_OBJECT_FRACTION * size)
+    sizes = np.sort(np.exp(rng.uniform(np.log(min_object_size), np.log(largest), count)))[::-1]
     colours = list(OBJECT_COLOURS)
     shapes: list[PlacedShape] = []
     boxes: list[np.ndarray] = []
@@ -183,7 +184,7 @@ def sample_layout(rng: np.random.Generator, size: int, min_objects: int = 1, max
         jitter = rng.integers(-18, 19, 3)
         rgb = tuple(int(v) for v in np.clip(np.array(OBJECT_COLOURS[colour]) + jitter, 0, 255))
         strokes = _transformed(SHAPES[category.name], 1.0, float(rng.uniform(0.85, 1.18)),
-                               float(rng.uniform(-MAX_ROTATION, MAX_ROTATION)))
+                               float(rng.uniform(0, 2 * np.pi)))
         extent = _box_of(strokes)
         scale = target / max(extent[2] - extent[0], extent[3] - extent[1])
         strokes = [(poly * scale, ink) for poly, ink in strokes]
@@ -260,8 +261,9 @@ def draw_layout(layout: Layout) -> tuple[Image.Image, tuple[WorldObject, ...]]:
     return Image.fromarray(pixels), tuple(objects)
 
 
-def render_scene(seed: int, index: int, size: int = 224, min_objects: int = 1, max_objects: int = 6) -> Scene:
+def render_scene(seed: int, index: int, size: int = 224, min_objects: int = 1, max_objects: int = 6,
+                 min_object_size: float = MIN_OBJECT_SIZE) -> Scene:
     """Image `index` of world `seed`: the picture, its objects (drawing order) and background."""
-    layout = sample_layout(image_rng(seed, index), size, min_objects, max_objects)
+    layout = sample_layout(image_rng(seed, index), size, min_objects, max_objects, min_object_size)
     image, objects = draw_layout(layout)
     return Scene(image, objects, layout.background)

@@ -46,6 +46,7 @@ class TeacherConfig:
     world_seed: int = TRAIN_WORLD_SEED
     image_size: int = 224
     max_objects: int = 6  # objects per training image; fewer make captions pin shapes down sooner
+    min_object_size: float = 14.0  # pixels; the teacher's images may show larger shapes than the default world
     threads: int = 1  # torch threads; 0 keeps torch's default
 
 
@@ -129,7 +130,9 @@ def train_teacher(config: TeacherConfig, device: torch.device, progress: bool = 
     mean, std = _normaliser(model, device)
     optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, 0.98), eps=1e-6)
     world = WorldConfig(num_images=config.steps * config.batch_size, image_size=config.image_size,
-                        seed=config.world_seed, max_objects=config.max_objects)
+                        seed=config.world_seed, max_objects=config.max_objects,
+                        min_object_size=config.min_object_size)
+    world.check()
     pick = random.Random(f"teacher-captions:{config.seed}")
     with progress_bar(disable=not progress) as bar:
         task = bar.add_task("training teacher", total=config.steps * config.batch_size, unit="img", status="")

@@ -27,7 +27,7 @@ from regionclip_cli.errors import RegionclipError
 from regionclip_cli.progress import progress_bar
 from regionclip_cli.synthetic.captions import caption_rng, write_captions
 from regionclip_cli.synthetic.categories import WORLD_CATEGORIES
-from regionclip_cli.synthetic.render import WorldObject, render_scene
+from regionclip_cli.synthetic.render import MAX_OBJECT_FRACTION, MIN_OBJECT_SIZE, WorldObject, render_scene
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,7 @@ class WorldConfig:
     max_captions: int = 5
     min_objects: int = 1
     max_objects: int = 6
+    min_object_size: float = MIN_OBJECT_SIZE  # pixels, longest box side; the largest is half the image
     workers: int = 0  # processes for `generate_world`; 0 = one per CPU core
 
     def check(self) -> None:
@@ -53,6 +54,10 @@ class WorldConfig:
         if not 1 <= self.min_objects <= self.max_objects:
             raise RegionclipError(
                 f"objects per image: need 1 <= min ({self.min_objects}) <= max ({self.max_objects})")
+        if not 4 <= self.min_object_size <= MAX_OBJECT_FRACTION * self.image_size:
+            raise RegionclipError(
+                f"--min-object-size must be between 4 and half the image size "
+                f"({MAX_OBJECT_FRACTION * self.image_size:g} pixels; got {self.min_object_size:g})")
 
 
 @dataclass(frozen=True)
@@ -81,7 +86,8 @@ class WorldSummary:
 
 def world_image(config: WorldConfig, index: int) -> WorldImage:
     """Image `index` of the world: pixels, objects and captions, all from (seed, index)."""
-    scene = render_scene(config.seed, index, config.image_size, config.min_objects, config.max_objects)
+    scene = render_scene(config.seed, index, config.image_size, config.min_objects, config.max_objects,
+                         config.min_object_size)
     rng = caption_rng(config.seed, index)
     count = rng.randint(config.min_captions, config.max_captions)
     captions = write_captions(scene.objects, scene.background, config.image_size, count, rng)
@@ -117,7 +123,8 @@ def coco_annotations(config: WorldConfig, items: list[tuple[int, tuple[WorldObje
             })
     categories = [{"id": c.id, "name": c.name, "supercategory": "shape", "synonyms": list(c.synonyms),
                    "split": c.split} for c in WORLD_CATEGORIES]
-    info = {"description": "regionclip synthetic world", "seed": config.seed, "image_size": config.image_size}
+    info = {"description": "regionclip synthetic world", "seed": config.seed, "image_size": config.image_size,
+            "min_object_size": config.min_object_size}
     return {"info": info, "images": images, "annotations": annotations, "categories": categories}
 
 
