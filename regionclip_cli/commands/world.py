@@ -66,12 +66,13 @@ def generate(
 @app.command()
 def teacher(
     out: Annotated[Path, typer.Option(help="Checkpoint to write (default: the shipped teacher, rebuilt).")] = DEFAULT_TEACHER,
-    steps: Annotated[int, typer.Option(min=1, help="Training steps (each sees a fresh batch of world images).")] = 500,
+    steps: Annotated[int, typer.Option(min=1, help="Training steps, both phases (each step sees a fresh batch of world images).")] = 3000,
+    naming_steps: Annotated[int, typer.Option(min=0, help="Phase 1 steps: max-pool head and captions that only name the shapes (the attention pool alone does not learn shapes on a CPU budget).")] = 2000,
     batch_size: Annotated[int, typer.Option(min=2, help="Image–caption pairs per step (the contrastive batch).")] = 32,
-    lr: Annotated[float, typer.Option(min=0.0, help="Peak AdamW learning rate (warmup, then cosine decay).")] = 5e-4,
+    lr: Annotated[float, typer.Option(min=0.0, help="Peak AdamW learning rate (warmup, then cosine decay, per phase).")] = 1e-3,
     seed: Annotated[int, typer.Option(help="Initialisation and caption-sampling seed.")] = 0,
-    max_objects: Annotated[int, typer.Option(min=1, help="Most shapes per training image.")] = 6,
-    min_object_size: Annotated[float, typer.Option(help="Smallest shape in the training images, in pixels.")] = 14.0,
+    max_objects: Annotated[int, typer.Option(min=1, help="Most shapes per training image.")] = 2,
+    min_object_size: Annotated[float, typer.Option(help="Smallest shape in the training images, in pixels (the default world's is 14).")] = 40.0,
     threads: Annotated[int, typer.Option(min=0, help="CPU threads (1 is fastest on a busy machine; 0 = torch's default).")] = 1,
     eval_images: Annotated[int, typer.Option(min=10, help="Held-out world images (seed 0) for the retrieval figures.")] = 300,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
@@ -81,7 +82,7 @@ def teacher(
     save it as a regionclip checkpoint and print whole-image retrieval and zero-shot figures on
     held-out images.
 
-    Example: regionclip world teacher --out runs/world-tiny.pt --steps 100
+    Example: regionclip world teacher --out runs/world-tiny.pt --steps 300 --naming-steps 200
     """
     from rich.console import Console
     from rich.table import Table
@@ -90,9 +91,8 @@ def teacher(
     from regionclip_cli.synthetic.teacher import TeacherConfig, caption_retrieval, load_teacher, train_and_save
 
     torch_device = resolve_device(device)
-    config = TeacherConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, threads=threads,
-                           warmup_steps=min(25, max(1, steps // 10)), max_objects=max_objects,
-                           min_object_size=min_object_size)
+    config = TeacherConfig(steps=steps, naming_steps=naming_steps, batch_size=batch_size, lr=lr, seed=seed,
+                           threads=threads, max_objects=max_objects, min_object_size=min_object_size)
     seconds = train_and_save(out, config, torch_device, progress=not quiet)
     figures = caption_retrieval(load_teacher(out, torch_device), eval_images, device=torch_device)
     table = Table(title=f"teacher written to {out} ({seconds:.0f} s training)")
