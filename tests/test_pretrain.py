@@ -166,3 +166,24 @@ def test_folded_teacher_and_shared_layer1_change_nothing(world, tmp_path):
             assert got[term] == pytest.approx(expected[term], rel=1e-4, abs=1e-5), term
     for (name, a), b in zip(fast.student_visual.state_dict().items(), plain.student_visual.state_dict().values()):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_precomputed_pseudo_labels_train_like_labels_computed_on_the_fly(world, tmp_path):
+    """`pretrain` reading a `pseudolabel` folder takes the same steps as labelling the same boxes itself."""
+    labels = tmp_path / "labels"
+    boxes = world / "annotations.json"
+    result = run_cli("pseudolabel", str(world / "images"), "--concepts", str(world / "concepts.pt"),
+                     "--model", "world-tiny", "--boxes", str(boxes), "--regions", "6", "--min-size", "224",
+                     "--max-size", "224", "--out", str(labels), "--device", "cpu", "--pictures", "0", "-q")
+    assert result.returncode == 0, result.stderr
+    on_the_fly, precomputed = tmp_path / "fly", tmp_path / "pre"
+    common = ["-q", "--set", "train.iterations=2", "--set", "train.hflip=false"]
+    result = run_cli("pretrain", str(write_recipe(world, on_the_fly)), *common,
+                     "--set", "proposals.source=file", "--set", f"proposals.file={boxes}")
+    assert result.returncode == 0, result.stderr
+    result = run_cli("pretrain", str(write_recipe(world, precomputed)), *common,
+                     "--set", f"pseudo_labels.precomputed={labels}")
+    assert result.returncode == 0, result.stderr
+    for a, b in zip(metrics(on_the_fly), metrics(precomputed), strict=True):
+        for key in ("loss", "region_concept", "distillation", "image_text", "kept_regions", "top1_prob"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), (key, a, b)
