@@ -26,7 +26,9 @@ class LossWeights:
 
 def region_concept_contrastive(regions: torch.Tensor, concepts: torch.Tensor, labels: torch.Tensor,
                                temperature: float = PAPER_TEMPERATURE,
-                               candidate_labels: torch.Tensor | None = None) -> torch.Tensor:
+                               candidate_labels: torch.Tensor | None = None,
+                               keep: torch.Tensor | None = None,
+                               candidate_keep: torch.Tensor | None = None) -> torch.Tensor:
     """Region-concept contrastive loss L_cntrst (multiple-instance cross-entropy).
 
     The candidate concepts are the pseudo labels of the batch's regions, one per region, so a
@@ -38,18 +40,32 @@ def region_concept_contrastive(regions: torch.Tensor, concepts: torch.Tensor, la
     negatives. `regions` [N, D], `concepts` [K, D] (the pool), `labels` [N] indices into the pool.
     `candidate_labels` (default: `labels`) widens the candidates to the labels of the whole global
     batch in distributed training, so every process contrasts against the same concepts a single
-    process would. Returns the mean over regions (0 for no regions, still differentiable).
+    process would.
+
+    `keep` [N] and `candidate_keep` [M] (default: all; `candidate_keep` defaults to `keep` when
+    the candidates are the regions' own labels) leave out the regions whose pseudo label is not
+    confident: such a region adds nothing and its label is no candidate. Masks rather than
+    indexing keep every shape fixed, so a GPU step never waits to learn how many regions passed.
+    Returns the mean over the kept regions (0 when there are none, still differentiable).
     """
     if labels.numel() == 0:
         return regions.sum() * 0.0
     if candidate_labels is None:
-        candidate_labels = labels
-    candidates = concepts[candidate_labels]  # [M, D]
-    logits = regions @ candidates.t() / temperature  # [N, M]
-    positive = labels[:, None] == candidate_labels[None, :]
+        candidate_labels, candidate_keep = labels, keep
+    if keep is None:
+        keep = torch.ones_like(labels, dtype=torch.bool)
+    if candidate_keep is None:
+        candidate_keep = torch.ones_like(candidate_labels, dtype=torch.bool)
+    logits = regions @ concepts[candidate_labels].t() / temperature  # [N, M]
+    # A finite fill: a left-out region may have no positive at all, and -inf would turn its
+    # (discarded) row into NaN gradients.
+    hidden = torch.finfo(logits.dtype).min
+    logits = logits.masked_fill(~candidate_keep[None, :], hidden)
+    positive = (labels[:, None] == candidate_labels[None, :]) & candidate_keep[None, :]
     log_all = torch.logsumexp(logits, dim=1)
-    log_pos = torch.logsumexp(logits.masked_fill(~positive, float("-inf")), dim=1)
-    return (log_all - log_pos).mean()
+    log_pos = torch.logsumexp(logits.masked_fill(~positive, hidden), dim=1)
+    per_region = torch.where(keep, log_all - log_pos, 0.0)
+    return per_region.sum() / keep.sum().clamp(min=1)
 
 
 def concept_distillation(student_regions: torch.Tensor, teacher_regions: torch.Tensor,

@@ -252,27 +252,28 @@ class RegionCLIPPretraining:
         return torch.autocast(self.ctx.device.type, dtype=self.autocast_dtype or torch.float32,
                               enabled=self.autocast_dtype is not None)
 
-    def _global_mean(self, local_mean: torch.Tensor, local_count: int) -> torch.Tensor:
+    def _global_mean(self, local_mean: torch.Tensor, local_count: torch.Tensor | int) -> torch.Tensor:
         """Rescale a per-process mean so DDP's gradient average yields the global-batch mean."""
-        total = self.ctx.sum(local_count)
-        if total == 0:
-            return local_mean * 0.0
-        return local_mean * (local_count * self.ctx.world_size / total)
-
-    def _gather_labels(self, labels: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        """The kept pseudo labels of the whole global batch (rank order), for the contrastive candidates."""
         if not self.ctx.enabled:
-            return labels[keep]
-        size = torch.tensor([labels.numel()], device=labels.device)
-        sizes = [torch.zeros_like(size) for _ in range(self.ctx.world_size)]
-        torch.distributed.all_gather(sizes, size)
-        longest = int(max(s.item() for s in sizes))
-        padded = torch.full((longest,), -1, dtype=labels.dtype, device=labels.device)
-        padded[: labels.numel()] = torch.where(keep, labels, torch.full_like(labels, -1))
+            return local_mean
+        count = torch.as_tensor(local_count, dtype=torch.float32, device=local_mean.device)
+        total = self.ctx.all_sum(count)
+        return local_mean * torch.where(total > 0, count * self.ctx.world_size / total.clamp(min=1), 0.0)
+
+    def _gather_labels(self, labels: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pseudo labels of the whole global batch (rank order) and which are kept: the
+        contrastive candidates."""
+        if not self.ctx.enabled:
+            return labels, keep
+        # Every rank pads to the same bound known on the host (its images x regions per image),
+        # so no rank has to wait on the device to learn the others' region counts.
+        bound = len(self.batches.positions) * self.recipe.proposals.regions_per_image
+        padded = torch.full((bound,), -1, dtype=labels.dtype, device=labels.device)
+        padded[: labels.numel()] = torch.where(keep, labels, -1)
         gathered = [torch.empty_like(padded) for _ in range(self.ctx.world_size)]
         torch.distributed.all_gather(gathered, padded)
         everything = torch.cat(gathered)
-        return everything[everything >= 0]
+        return everything.clamp(min=0), everything >= 0
 
     @torch.no_grad()
     def _caption_embeddings(self, captions: list[str]) -> torch.Tensor:
@@ -298,7 +299,7 @@ class RegionCLIPPretraining:
             teacher_regions = F.normalize(self.teacher_encoder.pool(teacher_features, regions).float(), dim=-1)
         labels = batch.labels
         if labels is None:
-            labels = assign_pseudo_labels(teacher_regions, self.concepts, self.pseudo_spec, any_kept=self.ctx.any)
+            labels = assign_pseudo_labels(teacher_regions, self.concepts, self.pseudo_spec, any_kept=self.ctx.all_any)
         labels = PseudoLabels(labels.labels.to(device), labels.scores.to(device), labels.keep.to(device))
         with self._autocast():
             joint = [torch.cat([r, w.to(device)]) for r, w in zip(regions, batch.whole)]
@@ -310,11 +311,11 @@ class RegionCLIPPretraining:
 
         weights, tau = recipe.losses, recipe.losses.temperature
         terms: dict[str, torch.Tensor] = {}
-        kept = int(labels.keep.sum())
+        kept = labels.keep.sum()
         if weights.region_concept > 0:
-            candidates = self._gather_labels(labels.labels, labels.keep)
-            local = region_concept_contrastive(student_regions[labels.keep], self.concepts,
-                                               labels.labels[labels.keep], tau, candidate_labels=candidates)
+            candidates, candidate_keep = self._gather_labels(labels.labels, labels.keep)
+            local = region_concept_contrastive(student_regions, self.concepts, labels.labels, tau,
+                                               candidates, labels.keep, candidate_keep)
             terms["region_concept"] = self._global_mean(local, kept)
         if weights.distillation > 0:
             local = concept_distillation(student_regions, teacher_regions, self.concepts, tau)
@@ -335,14 +336,21 @@ class RegionCLIPPretraining:
         self.scaler.step(self.optimizer)
         self.scaler.update()
 
+        # Read back once, at the end: every earlier .item() would drain the GPU's queue mid-step.
         world = self.ctx.world_size
-        stats = {name: self.ctx.sum(float(value.detach())) / world for name, value in terms.items()}
+        readings = [*(value.detach().float() for value in terms.values()), kept.float(),
+                    labels.scores.sum().float(), torch.tensor(float(len(student_regions)), device=device)]
+        if grad_norm is not None:
+            readings.append(grad_norm.float() / world)  # equal on every rank: the sum is the norm
+        summed = self.ctx.all_sum(torch.stack(readings)).tolist()
+        stats = {name: summed[i] / world for i, name in enumerate(terms)}
+        kept_sum, score_sum, regions_sum = summed[len(terms): len(terms) + 3]
         stats["loss"] = sum(getattr(weights, name) * stats[name] for name in terms)
         stats["lr"] = lr
-        stats["kept_regions"] = self.ctx.sum(kept) / max(self.ctx.sum(len(student_regions)), 1)
-        stats["top1_prob"] = self.ctx.sum(float(labels.scores.sum())) / max(self.ctx.sum(len(student_regions)), 1)
+        stats["kept_regions"] = kept_sum / max(regions_sum, 1)
+        stats["top1_prob"] = score_sum / max(regions_sum, 1)
         if grad_norm is not None:
-            stats["grad_norm"] = float(grad_norm)
+            stats["grad_norm"] = summed[-1]
         return stats
 
     def _set_lr(self, iteration: int) -> float:

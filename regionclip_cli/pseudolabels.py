@@ -41,17 +41,18 @@ def concept_logits(regions: torch.Tensor, concepts: torch.Tensor, temperature: f
 
 def assign_pseudo_labels(teacher_regions: torch.Tensor, concepts: torch.Tensor,
                          spec: PseudoLabelSpec = PseudoLabelSpec(),
-                         any_kept: Callable[[bool], bool] = bool) -> PseudoLabels:
+                         any_kept: Callable[[torch.Tensor], torch.Tensor] = lambda passed: passed
+                         ) -> PseudoLabels:
     """Top-1 concept of each region and whether it is confident enough to contrast against.
 
-    `any_kept` decides "did any region pass?"; in distributed training it asks all ranks, so the
-    fallback to "keep all" is the same decision a single process would make for the global batch.
+    `any_kept` turns "did a region here pass?" (a 0-d bool tensor) into the decision; in
+    distributed training it asks all ranks, so the fallback to "keep all" is the same decision a
+    single process would make for the global batch. It stays a tensor: no wait on the device.
     """
     probabilities = concept_logits(teacher_regions, concepts, spec.temperature).softmax(dim=1)
     scores, labels = probabilities.max(dim=1)
     keep = scores > spec.threshold
-    if not any_kept(bool(keep.any())):
-        keep = torch.ones_like(keep)
+    keep = keep | ~any_kept(keep.any())
     return PseudoLabels(labels, scores, keep)
 
 

@@ -47,12 +47,17 @@ class DistributedContext:
         torch.distributed.all_reduce(value)
         return bool(value.item() > 0)
 
-    def sum(self, value: float) -> float:
+    def all_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """`tensor` summed over processes, left on the device (no wait for the result)."""
         if not self.enabled:
-            return value
-        tensor = torch.tensor([float(value)], device=self.device, dtype=torch.float64)
+            return tensor
+        tensor = tensor.clone()
         torch.distributed.all_reduce(tensor)
-        return float(tensor.item())
+        return tensor
+
+    def all_any(self, flag: torch.Tensor) -> torch.Tensor:
+        """A 0-d bool tensor: true if `flag` is true on any process (left on the device)."""
+        return self.all_sum(flag.to(torch.int32)) > 0
 
     def barrier(self) -> None:
         if self.enabled:

@@ -37,6 +37,27 @@ def test_region_concept_gradient_pulls_region_towards_its_concept():
     assert regions.grad[0, 0] < 0 and regions.grad[0, 1] > 0
 
 
+def test_region_concept_masks_equal_leaving_the_regions_out():
+    """`keep` masks give the loss and gradients of indexing the kept regions, and the left-out
+    regions get an exact zero gradient, even one whose concept no kept region has."""
+    torch.manual_seed(0)
+    concepts = F.normalize(torch.randn(5, 4, dtype=torch.float64), dim=-1)
+    regions = F.normalize(torch.randn(6, 4, dtype=torch.float64), dim=-1).requires_grad_(True)
+    labels = torch.tensor([0, 1, 1, 2, 4, 0])
+    keep = torch.tensor([True, True, False, True, False, True])  # label 4 only on a left-out region
+    masked = region_concept_contrastive(regions, concepts, labels, 0.05, keep=keep)
+    masked.backward()
+    grad_masked = regions.grad.clone()
+    regions.grad = None
+    indexed = region_concept_contrastive(regions[keep], concepts, labels[keep], 0.05)
+    indexed.backward()
+    assert math.isclose(masked.item(), indexed.item(), rel_tol=1e-12)
+    assert torch.allclose(grad_masked, regions.grad, atol=1e-12)
+    assert torch.equal(grad_masked[~keep], torch.zeros(2, 4, dtype=torch.float64))
+    none_kept = region_concept_contrastive(regions, concepts, labels, 0.05, keep=torch.zeros(6, dtype=torch.bool))
+    assert none_kept.item() == 0.0
+
+
 def test_distillation_is_kl_teacher_to_student_and_zero_when_equal():
     concepts = unit([1, 0], [0, 1], [1, 1])
     teacher = unit([1, 0.1])
