@@ -4,6 +4,8 @@ A recipe section is a dataclass; its fields' annotations are the schema. Loading
 and the dataclasses together, so an unknown key, a wrong type or a missing required value is one
 line naming the key (with a suggestion for typos), never an error deep inside a run.
 `--set key.sub=value` overrides are parsed as YAML scalars and checked the same way.
+Booleans follow YAML 1.2 (only true/false): PyYAML's YAML 1.1 default would read `amp: off`
+as False, not as the word the schema asks for.
 """
 
 from __future__ import annotations
@@ -127,6 +129,31 @@ def build(cls: type[T], data: Any, prefix: str = "", origin_name: str = "recipe"
         raise RecipeError(f"{origin_name}: {where}: {error}") from None
 
 
+def _yaml_loader() -> type:
+    """PyYAML's safe loader (no object construction) with YAML 1.2 booleans."""
+    import re
+
+    import yaml
+
+    bool_tag = "tag:yaml.org,2002:bool"
+
+    class RecipeLoader(yaml.SafeLoader):
+        pass
+
+    RecipeLoader.yaml_implicit_resolvers = {
+        first: [(tag, pattern) for tag, pattern in resolvers if tag != bool_tag]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    RecipeLoader.add_implicit_resolver(bool_tag, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                       list("tTfF"))
+    return RecipeLoader
+
+
+def _parse_yaml(text: str) -> Any:
+    import yaml
+
+    return yaml.load(text, Loader=_yaml_loader())  # a SafeLoader: safe as yaml.safe_load
+
+
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Apply `key.sub=value` strings (values parsed as YAML) to a nested mapping."""
     import yaml
@@ -136,7 +163,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         if not sep or not key.strip():
             raise RecipeError(f"--set {override!r}: expected KEY=VALUE, e.g. optimizer.lr=0.01")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else None
+            value = _parse_yaml(raw) if raw.strip() else None
         except yaml.YAMLError:
             value = raw
         node = data
@@ -160,7 +187,7 @@ def load_recipe(cls: type[T], path: str | Path, overrides: typing.Sequence[str] 
     if not path.is_file():
         raise RecipeError(f"{path}: no such recipe file")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = _parse_yaml(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""

@@ -190,3 +190,20 @@ def test_precomputed_pseudo_labels_train_like_labels_computed_on_the_fly(world, 
     for a, b in zip(metrics(on_the_fly), metrics(precomputed), strict=True):
         for key in ("loss", "region_concept", "distillation", "image_text", "kept_regions", "top1_prob"):
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), (key, a, b)
+
+
+def test_bf16_autocast_and_channels_last_step_close_to_fp32(world, tmp_path):
+    """The mixed-precision path (bf16 autocast, channels_last) runs the same step as fp32, to bf16 precision."""
+    context = DistributedContext(0, 1, torch.device("cpu"))
+    runs = {}
+    for name, overrides in {"fp32": ["train.amp=off"], "bf16": ["train.amp=bf16", "train.channels_last=true"]}.items():
+        recipe = load_recipe(PretrainRecipe, write_recipe(world, tmp_path / name), overrides)
+        runs[name] = RegionCLIPPretraining(recipe, context, log=lambda message: None)
+    assert runs["bf16"].autocast_dtype == torch.bfloat16 and runs["fp32"].autocast_dtype is None
+    for iteration in range(2):
+        full, mixed = runs["fp32"].step(iteration), runs["bf16"].step(iteration)
+        for term in ("region_concept", "distillation", "image_text", "top1_prob"):
+            assert mixed[term] == pytest.approx(full[term], rel=0.1, abs=0.05), (term, mixed, full)
+    student = runs["bf16"].student_visual
+    assert all(p.dtype == torch.float32 for p in student.parameters())
+    assert student.layer4[0].conv1.weight.is_contiguous(memory_format=torch.channels_last)

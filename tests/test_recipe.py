@@ -21,6 +21,7 @@ class Toy:
     batch_size: int = 2
     resume: Optional[Path] = None
     amp: bool = False
+    precision: Literal["auto", "off", "on"] = "auto"
 
 
 def write(tmp_path, text):
@@ -51,6 +52,15 @@ def test_valid_recipe_with_overrides(tmp_path):
 def test_errors_name_the_key(tmp_path, text, overrides, message):
     with pytest.raises(RecipeError, match=message):
         load_recipe(Toy, write(tmp_path, text), overrides)
+
+
+def test_on_and_off_stay_words_where_the_schema_asks_for_words(tmp_path):
+    """YAML 1.1 would read `off`/`on`/`yes`/`no` as booleans; recipes use YAML 1.2's true/false only."""
+    recipe = load_recipe(Toy, write(tmp_path, "data: x\nprecision: off\n"))
+    assert recipe.precision == "off"
+    assert load_recipe(Toy, write(tmp_path, "data: x\n"), ["precision=on", "amp=True"]).precision == "on"
+    with pytest.raises(RecipeError, match="amp: expected true/false, got 'yes'"):
+        load_recipe(Toy, write(tmp_path, "data: x\namp: yes\n"))
 
 
 def test_missing_recipe_file(tmp_path):
