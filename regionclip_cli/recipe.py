@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import types
 import typing
 from pathlib import Path
@@ -129,6 +130,7 @@ def build(cls: type[T], data: Any, prefix: str = "", origin_name: str = "recipe"
         raise RecipeError(f"{origin_name}: {where}: {error}") from None
 
 
+@functools.cache
 def _yaml_loader() -> type:
     """PyYAML's safe loader (no object construction) with YAML 1.2 booleans."""
     import re
