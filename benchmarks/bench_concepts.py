@@ -132,9 +132,9 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    from regionclip_cli.concepts.corpus import normalise_whitespace
-    from regionclip_cli.concepts.parse import ConceptParser, ParseSettings, concepts_in_doc, load_spacy
-    from regionclip_cli.concepts.stream import CountSettings, count_concepts
+    from regionclip_cli.stages.concepts.corpus import normalise_whitespace
+    from regionclip_cli.stages.concepts.parse import ConceptParser, ParseSettings, concepts_in_doc, load_spacy
+    from regionclip_cli.stages.concepts.stream import CountSettings, count_concepts
 
     captions = [normalise_whitespace(c) for c in build_corpus(args.captions, args.seed)]
     distinct = len(set(captions))

@@ -41,13 +41,13 @@ from unittest import mock
 import torch
 from PIL import Image, ImageDraw
 
-from regionclip_cli import pretraining as pretraining_module
-from regionclip_cli import region_encoder as region_encoder_module
-from regionclip_cli.models import load_clip
-from regionclip_cli.pretrain_recipe import DataSpec, PretrainRecipe, ProposalSpec, TeacherSpec, TrainRecipe
-from regionclip_cli.pretraining import RegionCLIPPretraining
-from regionclip_cli.text import embed_names, save_text_embeddings
-from regionclip_cli.training import DistributedContext
+from regionclip_cli.stages.pretrain import pretraining as pretraining_module
+from regionclip_cli.modeling import region_encoder as region_encoder_module
+from regionclip_cli.modeling.clip import load_clip
+from regionclip_cli.stages.pretrain.recipe import DataSpec, PretrainRecipe, ProposalSpec, TeacherSpec, TrainRecipe
+from regionclip_cli.stages.pretrain.pretraining import RegionCLIPPretraining
+from regionclip_cli.modeling.text import embed_names, save_text_embeddings
+from regionclip_cli.engine.training import DistributedContext
 
 from machine import device_name, synchronize  # benchmarks/machine.py (scripts run from benchmarks/)
 

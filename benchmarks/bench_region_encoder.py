@@ -26,9 +26,9 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision.ops import roi_align
 
-from regionclip_cli.models import load_clip
-from regionclip_cli.proposals import RandomBoxSpec, random_boxes
-from regionclip_cli.region_encoder import TRUNK_STRIDE, RegionEncoder, attention_pool
+from regionclip_cli.modeling.clip import load_clip
+from regionclip_cli.data.proposals import RandomBoxSpec, random_boxes
+from regionclip_cli.modeling.region_encoder import TRUNK_STRIDE, RegionEncoder, attention_pool
 
 from machine import device_name  # benchmarks/machine.py (scripts run from benchmarks/)
 

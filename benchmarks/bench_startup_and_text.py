@@ -43,9 +43,9 @@ def main() -> None:
     print(f"python -c pass        {baseline:7.3f} s (median of {args.repeats})")
     print(f"regionclip --help     {help_time:7.3f} s  ({help_time / baseline:.1f}x a bare interpreter)")
 
-    from regionclip_cli.models import load_clip
-    from regionclip_cli.text import embed_names, resolve_templates
-    from regionclip_cli.vocab import load_vocabulary
+    from regionclip_cli.modeling.clip import load_clip
+    from regionclip_cli.modeling.text import embed_names, resolve_templates
+    from regionclip_cli.data.vocab import load_vocabulary
 
     clip = load_clip(args.model, device=args.device, random_init=args.model != "world-tiny")
     names = load_vocabulary("lvis").names

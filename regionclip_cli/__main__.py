@@ -1,3 +1,3 @@
-from regionclip_cli.cli import main
+from regionclip_cli.cli.app import main
 
 main()

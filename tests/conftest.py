@@ -2,7 +2,7 @@ import sys
 
 import pytest
 
-from regionclip_cli.cli import main
+from regionclip_cli.cli.app import main
 
 
 @pytest.fixture

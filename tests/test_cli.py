@@ -3,7 +3,7 @@ import sys
 
 from typer.testing import CliRunner
 
-from regionclip_cli.cli import app
+from regionclip_cli.cli.app import app
 
 runner = CliRunner()
 
@@ -16,7 +16,7 @@ def test_help_lists_every_stage():
 
 
 def test_help_does_not_import_torch():
-    code = "import sys; from regionclip_cli import cli; sys.exit(int('torch' in sys.modules))"
+    code = "import sys; from regionclip_cli.cli import app; sys.exit(int('torch' in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 

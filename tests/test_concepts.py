@@ -10,13 +10,13 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from regionclip_cli.commands.concepts import concepts as concepts_command
-from regionclip_cli.concepts.corpus import read_captions
-from regionclip_cli.concepts.counts import ConceptCounts
-from regionclip_cli.concepts.parse import ConceptParser, ParseSettings, load_spacy, resolve_stop_words
-from regionclip_cli.concepts.pool import select_concepts, vocabulary_index
-from regionclip_cli.concepts.stream import CountSettings, count_concepts
-from regionclip_cli.errors import RegionclipError
+from regionclip_cli.cli.concepts import concepts as concepts_command
+from regionclip_cli.stages.concepts.corpus import read_captions
+from regionclip_cli.stages.concepts.counts import ConceptCounts
+from regionclip_cli.stages.concepts.parse import ConceptParser, ParseSettings, load_spacy, resolve_stop_words
+from regionclip_cli.stages.concepts.pool import select_concepts, vocabulary_index
+from regionclip_cli.stages.concepts.stream import CountSettings, count_concepts
+from regionclip_cli.core.errors import RegionclipError
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +101,7 @@ def test_concepts_follow_the_paper_rules(parser):
 
 
 def test_fast_path_matches_the_full_pipeline(parser):
-    from regionclip_cli.concepts.parse import concepts_in_doc
+    from regionclip_cli.stages.concepts.parse import concepts_in_doc
 
     full = load_spacy(full=True)
     captions = ["Several zebras graze near tall trees.", "The women were holding tennis rackets.",
@@ -155,7 +155,7 @@ def test_vocab_filter_matches_lvis_synonyms():
 
 
 def test_examples_are_kept_only_around_the_minimum_count(tmp_path):
-    from regionclip_cli.concepts.corpus import Caption
+    from regionclip_cli.stages.concepts.corpus import Caption
 
     counts = ConceptCounts(min_count=4, examples_per_concept=2)
     for i in range(6):

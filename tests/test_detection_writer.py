@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np
 from pycocotools.coco import COCO
 
-from regionclip_cli.detection_writer import DetectionWriter, ImageDetections
+from regionclip_cli.data.detections import DetectionWriter, ImageDetections
 
 
 def _result(name, image_id):

@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from regionclip_cli.errors import RegionclipError
-from regionclip_cli.evaluation import EvalResult, evaluate_coco, evaluate_lvis
+from regionclip_cli.core.errors import RegionclipError
+from regionclip_cli.evaluation.coco import EvalResult, evaluate_coco, evaluate_lvis
 
 # Three images, 100x100 boxes well inside 400x400 pictures (large objects). Categories 1 and 2 are
 # "base", 3 is "novel", 4 has no annotations at all.

@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from regionclip_cli.errors import InputError
-from regionclip_cli.images import (
+from regionclip_cli.core.errors import InputError
+from regionclip_cli.data.images import (
     TRANSPARENT_BACKGROUND,
     ImageLoader,
     LoadedImage,

@@ -3,7 +3,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from regionclip_cli.losses import concept_distillation, image_text_contrastive, region_concept_contrastive
+from regionclip_cli.modeling.losses import concept_distillation, image_text_contrastive, region_concept_contrastive
 
 
 def unit(*rows):

@@ -10,10 +10,10 @@ import open_clip
 import pytest
 import torch
 
-from regionclip_cli import models
-from regionclip_cli.checkpoints import Checkpoint, save_checkpoint
-from regionclip_cli.errors import RegionclipError
-from regionclip_cli.models import LoadedClip, is_region_capable, load_clip
+from regionclip_cli.modeling import clip as models
+from regionclip_cli.modeling.checkpoints import Checkpoint, save_checkpoint
+from regionclip_cli.core.errors import RegionclipError
+from regionclip_cli.modeling.clip import LoadedClip, is_region_capable, load_clip
 
 TINY = "test-models-tiny"
 TINY_WIDE = "test-models-tiny-wide"  # same family, another embedding width: the "wrong architecture"

@@ -11,16 +11,16 @@ import pytest
 import torch
 import yaml
 
-from regionclip_cli import pretraining
-from regionclip_cli.checkpoints import load_checkpoint
-from regionclip_cli.models import load_clip
-from regionclip_cli.pretrain_recipe import PretrainRecipe
-from regionclip_cli.pretraining import RegionCLIPPretraining
-from regionclip_cli.recipe import load_recipe
+from regionclip_cli.stages.pretrain import pretraining
+from regionclip_cli.modeling.checkpoints import load_checkpoint
+from regionclip_cli.modeling.clip import load_clip
+from regionclip_cli.stages.pretrain.recipe import PretrainRecipe
+from regionclip_cli.stages.pretrain.pretraining import RegionCLIPPretraining
+from regionclip_cli.engine.recipe import load_recipe
 from regionclip_cli.synthetic.categories import WORLD_CATEGORIES
 from regionclip_cli.synthetic.world import WorldConfig, generate_world
-from regionclip_cli.text import embed_names, save_text_embeddings
-from regionclip_cli.training import DistributedContext
+from regionclip_cli.modeling.text import embed_names, save_text_embeddings
+from regionclip_cli.engine.training import DistributedContext
 
 
 @pytest.fixture(scope="module")

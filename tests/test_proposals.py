@@ -3,8 +3,8 @@ import json
 import pytest
 import torch
 
-from regionclip_cli.errors import InputError, RegionclipError
-from regionclip_cli.proposals import (BoxFile, FileNameIndex, RandomBoxSpec, random_boxes,
+from regionclip_cli.core.errors import InputError, RegionclipError
+from regionclip_cli.data.proposals import (BoxFile, FileNameIndex, RandomBoxSpec, random_boxes,
                                       sanitize_boxes)
 
 

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from regionclip_cli.models import load_clip
+from regionclip_cli.modeling.clip import load_clip
 from regionclip_cli.synthetic.categories import WORLD_CATEGORIES
-from regionclip_cli.text import embed_names, save_text_embeddings
+from regionclip_cli.modeling.text import embed_names, save_text_embeddings
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ from typing import Literal, Optional
 
 import pytest
 
-from regionclip_cli.recipe import RecipeError, load_recipe, to_plain
+from regionclip_cli.engine.recipe import RecipeError, load_recipe, to_plain
 
 
 @dataclass(frozen=True)

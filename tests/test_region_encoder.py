@@ -9,10 +9,10 @@ import open_clip
 import pytest
 import torch
 
-from regionclip_cli import models
-from regionclip_cli.batchnorm_folding import fold_batchnorm
-from regionclip_cli.images import pad_batch
-from regionclip_cli.region_encoder import RegionEncoder, attention_pool
+from regionclip_cli.modeling import clip as models
+from regionclip_cli.modeling.batchnorm_folding import fold_batchnorm
+from regionclip_cli.data.images import pad_batch
+from regionclip_cli.modeling.region_encoder import RegionEncoder, attention_pool
 
 TINY = "test-region-tiny"
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from regionclip_cli.scoring import DetectionSpec, class_probabilities, select_detections
+from regionclip_cli.modeling.scoring import DetectionSpec, class_probabilities, select_detections
 
 
 def test_class_probabilities_match_a_hand_computation_with_zero_background():

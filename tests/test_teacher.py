@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from regionclip_cli.checkpoints import load_checkpoint
-from regionclip_cli.errors import RegionclipError
+from regionclip_cli.modeling.checkpoints import load_checkpoint
+from regionclip_cli.core.errors import RegionclipError
 from regionclip_cli.synthetic.teacher import (
     MODEL_NAME,
     TeacherConfig,

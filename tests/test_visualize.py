@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from regionclip_cli.errors import RegionclipError
-from regionclip_cli.visualize import draw_detections, label_colour, save_picture
+from regionclip_cli.core.errors import RegionclipError
+from regionclip_cli.data.pictures import draw_detections, label_colour, save_picture
 
 
 def _changed(before: Image.Image, after: Image.Image) -> np.ndarray:

@@ -1,7 +1,7 @@
 import pytest
 
-from regionclip_cli.errors import RegionclipError
-from regionclip_cli.vocab import clean_lvis_name, load_vocabulary
+from regionclip_cli.core.errors import RegionclipError
+from regionclip_cli.data.vocab import clean_lvis_name, load_vocabulary
 
 
 def test_coco_has_80_classes_with_official_ids():

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
-from regionclip_cli.errors import RegionclipError
+from regionclip_cli.core.errors import RegionclipError
 from regionclip_cli.synthetic.captions import caption_corpus, mentioned_categories
 from regionclip_cli.synthetic.categories import WORLD_CATEGORIES, base_names, novel_names, pluralize
 from regionclip_cli.synthetic.render import draw_background, draw_layout, image_rng, render_scene, sample_layout
@@ -107,7 +107,7 @@ def test_bad_config_is_a_user_error(tmp_path):
 def test_world_generate_command(tmp_path):
     from typer.testing import CliRunner
 
-    from regionclip_cli.commands.world import app
+    from regionclip_cli.cli.world import app
 
     result = CliRunner().invoke(app, ["generate", str(tmp_path / "w"), "--images", "3", "--seed", "4", "-q"])
     assert result.exit_code == 0, result.output

@@ -44,8 +44,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from regionclip_cli.errors import RegionclipError
-from regionclip_cli.progress import progress_bar
+from regionclip_cli.core.errors import RegionclipError
+from regionclip_cli.core.progress import progress_bar
 from regionclip_cli.synthetic.captions import naming_caption
 from regionclip_cli.synthetic.categories import WORLD_CATEGORIES
 from regionclip_cli.synthetic.world import WorldConfig, world_image
@@ -100,7 +100,7 @@ def create_world_model(state_dict: dict[str, torch.Tensor] | None = None,
 
 
 def shipped_teacher_path() -> Path:
-    return Path(str(resources.files("regionclip_cli") / "data" / "world-tiny.pt"))
+    return Path(str(resources.files("regionclip_cli") / "assets" / "world-tiny.pt"))
 
 
 def _normaliser(model: torch.nn.Module, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -227,7 +227,7 @@ def _optimizer(model: torch.nn.Module, config: TeacherConfig) -> torch.optim.Opt
 def save_teacher(path: str | Path, state_dict: dict[str, torch.Tensor], config: TeacherConfig,
                  half: bool = True, seconds: float | None = None) -> None:
     """Write a regionclip checkpoint; fp16 floats (recorded as metadata "dtype") keep it small."""
-    from regionclip_cli.checkpoints import Checkpoint, save_checkpoint
+    from regionclip_cli.modeling.checkpoints import Checkpoint, save_checkpoint
 
     tensors = {k: v.half() if half and v.is_floating_point() else v for k, v in state_dict.items()}
     metadata = {
@@ -245,7 +245,7 @@ def save_teacher(path: str | Path, state_dict: dict[str, torch.Tensor], config: 
 
 def load_teacher(path: str | Path | None = None, device: torch.device | str = "cpu") -> torch.nn.Module:
     """The shipped teacher (or a checkpoint written by `save_teacher`) in eval mode, float32."""
-    from regionclip_cli.checkpoints import load_checkpoint
+    from regionclip_cli.modeling.checkpoints import load_checkpoint
 
     checkpoint = load_checkpoint(path or shipped_teacher_path())
     return create_world_model(checkpoint.state_dict, device).eval()

@@ -22,9 +22,9 @@ from typing import Iterator
 
 from PIL import Image
 
-from regionclip_cli.atomic import atomic_path, write_json, write_text
-from regionclip_cli.errors import RegionclipError
-from regionclip_cli.progress import progress_bar
+from regionclip_cli.core.atomic import atomic_path, write_json, write_text
+from regionclip_cli.core.errors import RegionclipError
+from regionclip_cli.core.progress import progress_bar
 from regionclip_cli.synthetic.captions import caption_rng, write_captions
 from regionclip_cli.synthetic.categories import WORLD_CATEGORIES
 from regionclip_cli.synthetic.render import MAX_OBJECT_FRACTION, MIN_OBJECT_SIZE, WorldObject, render_scene

@@ -1,1 +1,0 @@
-"""One module per subcommand. Modules here import only typer and the standard library at top level."""

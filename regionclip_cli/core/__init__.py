@@ -1,0 +1,1 @@
+"""Cross-cutting plumbing every layer uses: user-facing errors, atomic writes, devices, progress."""

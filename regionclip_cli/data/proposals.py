@@ -1,0 +1,247 @@
+"""Region proposals for an image: random boxes, or boxes read from a file.
+
+RegionCLIP found random boxes nearly as good as RPN proposals for pretraining, and evaluates
+zero-shot recognition with ground-truth boxes as proposals. Files may be a COCO annotation JSON
+(its boxes become the proposals, matched to images by file name), a JSON object mapping file
+names to `[x1, y1, x2, y2]` lists, or JSON Lines with `{"file": ..., "boxes": [...]}` (our own
+detections JSONL, with `"detections"`, works too). All boxes are in original-image pixels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import torch
+
+from regionclip_cli.core.errors import InputError, RegionclipError
+
+
+@dataclass(frozen=True)
+class RandomBoxSpec:
+    """Random boxes snapped to a `grid`-pixel lattice, sizes log-uniform from `min_size` to the image."""
+
+    count: int = 300
+    grid: int = 8
+    min_size: int = 16
+    seed: int = 0
+
+
+def _generator_for(key: str, seed: int) -> torch.Generator:
+    digest = hashlib.sha256(f"{seed}:{key}".encode("utf-8")).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
+
+
+def random_boxes(width: int, height: int, spec: RandomBoxSpec, key: str = "") -> torch.Tensor:
+    """[spec.count, 4] boxes inside the image, the same for the same (seed, key) on any machine."""
+    gen = _generator_for(key, spec.seed)
+    n = spec.count
+    short = max(min(width, height), 1)
+    lo = math.log(min(spec.min_size, short))
+    hi = math.log(max(width, height))
+    side = torch.exp(lo + (hi - lo) * torch.rand(n, generator=gen, dtype=torch.float64))
+    aspect = torch.exp(math.log(3.0) * (2 * torch.rand(n, generator=gen, dtype=torch.float64) - 1))
+    w = (side * aspect.sqrt()).clamp(min=spec.min_size, max=width)
+    h = (side / aspect.sqrt()).clamp(min=spec.min_size, max=height)
+    x1 = torch.rand(n, generator=gen, dtype=torch.float64) * (width - w).clamp(min=0)
+    y1 = torch.rand(n, generator=gen, dtype=torch.float64) * (height - h).clamp(min=0)
+    g = spec.grid
+    x2 = ((x1 + w) / g).ceil().mul(g).clamp(max=width)
+    y2 = ((y1 + h) / g).ceil().mul(g).clamp(max=height)
+    # Snapping down never leaves a box thinner than one grid step (or than the image).
+    x1 = torch.minimum((x1 / g).floor().mul(g), x2 - g).clamp(min=0)
+    y1 = torch.minimum((y1 / g).floor().mul(g), y2 - g).clamp(min=0)
+    boxes = torch.stack([x1, y1, x2, y2], dim=1)
+    return boxes.float()
+
+
+def sanitize_boxes(boxes: torch.Tensor, width: int, height: int, origin: str) -> tuple[torch.Tensor, list[str]]:
+    """Clip boxes to the image; drop and describe the ones that cannot be used.
+
+    Inverted boxes (x2 < x1 or y2 < y1), non-finite ones and ones with no area inside the image
+    are dropped, each with a line naming the image and the box; boxes that stick out are clipped.
+    """
+    problems: list[str] = []
+    if boxes.numel() == 0:
+        return boxes.reshape(0, 4), problems
+    finite = torch.isfinite(boxes).all(dim=1)
+    inverted = (boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])
+    clipped = boxes.clone()
+    clipped[:, 0::2] = clipped[:, 0::2].clamp(0, width)
+    clipped[:, 1::2] = clipped[:, 1::2].clamp(0, height)
+    empty = (clipped[:, 2] - clipped[:, 0] < 1) | (clipped[:, 3] - clipped[:, 1] < 1)
+    keep = finite & ~inverted & ~empty
+    for index in torch.nonzero(~keep).flatten().tolist():
+        box = [round(v, 1) for v in boxes[index].tolist()]
+        if not finite[index]:
+            reason = "is not finite"
+        elif inverted[index]:
+            reason = "is inverted (x2 < x1 or y2 < y1)"
+        elif min(box[2] - box[0], box[3] - box[1]) < 1:
+            reason = "is degenerate (under one pixel wide or high)"
+        else:
+            reason = f"has no area inside the {width}x{height} image"
+        problems.append(f"{origin}: box #{index} {box} {reason}; skipped")
+    return clipped[keep], problems
+
+
+def _posix_parts(path: str | Path) -> tuple[str, ...]:
+    return PurePosixPath(str(path).replace("\\", "/")).parts
+
+
+class FileNameIndex:
+    """Finds the entry for an image path by the longest matching tail of its file name.
+
+    Annotation files store names relative to some root ('val2017/x.jpg' or 'x.jpg'), users pass
+    paths relative to anywhere, so we match the longest common tail and refuse ambiguity.
+    """
+
+    def __init__(self, names: list[str]):
+        self._by_tail: dict[tuple[str, ...], list[int]] = {}
+        for index, name in enumerate(names):
+            parts = _posix_parts(name)
+            for k in range(len(parts)):
+                self._by_tail.setdefault(parts[k:], []).append(index)
+
+    def find(self, path: Path) -> int | None:
+        parts = _posix_parts(path.as_posix())
+        for k in range(len(parts)):
+            hits = self._by_tail.get(parts[k:])
+            if hits:
+                return hits[0] if len(hits) == 1 else None  # shorter tails only add candidates
+        return None
+
+
+@dataclass
+class ImageEntry:
+    """What a file says about one image: its boxes and, for COCO files, its id and size."""
+
+    boxes: torch.Tensor
+    image_id: int | None = None
+    width: int | None = None
+    height: int | None = None
+
+
+def _boxes_tensor(raw, origin: str) -> torch.Tensor:
+    try:
+        tensor = torch.tensor(raw, dtype=torch.float32)
+    except (TypeError, ValueError):
+        raise RegionclipError(f"{origin}: boxes must be lists of four numbers [x1, y1, x2, y2]") from None
+    if tensor.numel() == 0:
+        return tensor.reshape(0, 4)
+    if tensor.dim() != 2 or tensor.shape[1] != 4:
+        raise RegionclipError(f"{origin}: boxes must be lists of four numbers [x1, y1, x2, y2]")
+    return tensor
+
+
+class BoxFile:
+    """Boxes from a COCO annotation JSON, a {file: boxes} JSON, or a JSON Lines file."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise RegionclipError(f"--boxes {self.path}: no such file")
+        self.is_coco = False
+        names, entries = self._read()
+        self._names = names
+        self._entries = entries
+        self._index = FileNameIndex(names)
+
+    def _read(self) -> tuple[list[str], list[ImageEntry]]:
+        text = self.path.read_text(encoding="utf-8")
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError:
+            return self._read_jsonl(text)
+        if isinstance(data, dict) and "images" in data and "annotations" in data:
+            self.is_coco = True
+            return self._read_coco(data)
+        if isinstance(data, dict):
+            names = list(data)
+            return names, [_entry_from(data[n], f"{self.path}: {n}") for n in names]
+        raise RegionclipError(
+            f"{self.path}: expected a COCO annotation file, a {{file: boxes}} object or JSON Lines"
+        )
+
+    def _read_coco(self, data: dict) -> tuple[list[str], list[ImageEntry]]:
+        try:
+            images = {int(img["id"]): img for img in data["images"]}
+            per_image: dict[int, list[list[float]]] = {i: [] for i in images}
+            for ann in data["annotations"]:
+                if ann.get("iscrowd", 0):
+                    continue
+                x, y, w, h = (float(v) for v in ann["bbox"])
+                per_image.setdefault(int(ann["image_id"]), []).append([x, y, x + w, y + h])
+            names = [str(images[i]["file_name"]) for i in images]
+            entries = [
+                ImageEntry(_boxes_tensor(per_image[i], str(self.path)), i,
+                           images[i].get("width"), images[i].get("height"))
+                for i in images
+            ]
+        except (KeyError, TypeError, ValueError) as error:
+            raise RegionclipError(f"{self.path}: malformed COCO annotation file ({error!r})") from None
+        self.categories = data.get("categories", [])
+        return names, entries
+
+    def _read_jsonl(self, text: str) -> tuple[list[str], list[ImageEntry]]:
+        names, entries = [], []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            origin = f"{self.path}:{number}"
+            try:
+                row = json.loads(line)
+                name = row["file"]
+                raw = row["boxes"] if "boxes" in row else [d["box"] for d in row["detections"]]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise RegionclipError(
+                    f"{origin}: expected a JSON line with 'file' and 'boxes' (or 'detections')"
+                ) from None
+            names.append(str(name))
+            entries.append(_entry_from(raw, origin))
+        return names, entries
+
+    def entry_for(self, image_path: Path) -> ImageEntry:
+        index = self._index.find(image_path)
+        if index is None:
+            raise InputError(f"{image_path}: no boxes for this image in {self.path}")
+        return self._entries[index]
+
+
+def _entry_from(raw, origin: str) -> ImageEntry:
+    return ImageEntry(_boxes_tensor(raw, origin))
+
+
+@dataclass
+class Proposals:
+    """An image's regions (original pixels), its id in a COCO box file, and skipped-box lines."""
+
+    boxes: torch.Tensor
+    image_id: int | None
+    problems: list[str]
+
+
+class ProposalSource:
+    """Where each image's regions come from: a box file (sanitised), else random boxes.
+
+    `max_boxes` caps a file's boxes per image with a sample that depends only on the seed and the
+    file name, so reruns propose the same regions.
+    """
+
+    def __init__(self, box_file: BoxFile | None, random_spec: RandomBoxSpec, max_boxes: int | None = None):
+        self.box_file = box_file
+        self.random_spec = random_spec
+        self.max_boxes = max_boxes
+
+    def for_image(self, path: Path, width: int, height: int) -> Proposals:
+        if self.box_file is None:
+            return Proposals(random_boxes(width, height, self.random_spec, key=path.name), None, [])
+        entry = self.box_file.entry_for(path)
+        boxes, problems = sanitize_boxes(entry.boxes, width, height, str(path))
+        if self.max_boxes is not None and len(boxes) > self.max_boxes:
+            order = torch.randperm(len(boxes), generator=_generator_for(path.name, self.random_spec.seed))
+            boxes = boxes[order[: self.max_boxes]]
+        return Proposals(boxes, entry.image_id, problems)

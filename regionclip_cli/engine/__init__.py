@@ -1,0 +1,1 @@
+"""Training machinery shared by every training stage: typed recipes, the loop, checkpoints, DDP."""

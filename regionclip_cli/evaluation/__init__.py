@@ -1,0 +1,1 @@
+"""Detection and recognition metrics: COCO/LVIS AP and region top-1 accuracy."""

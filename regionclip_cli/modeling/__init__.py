@@ -1,0 +1,1 @@
+"""Tensors in, tensors out: CLIP loading, the region encoder, text embeddings, scoring, losses."""

@@ -1,0 +1,1 @@
+"""The pipeline, one package per stage, in order: concepts -> pseudolabel -> pretrain -> (finetune) -> zeroshot -> (evaluate)."""

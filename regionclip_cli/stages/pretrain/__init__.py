@@ -1,0 +1,1 @@
+"""Stage 3: region-level language-image pretraining of a student CLIP."""

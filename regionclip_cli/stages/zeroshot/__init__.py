@@ -1,0 +1,1 @@
+"""Zero-shot region recognition and detection with any CLIP and any vocabulary."""
