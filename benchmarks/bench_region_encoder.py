@@ -27,7 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchvision.ops import roi_align
 
 from regionclip_cli.modeling.clip import load_clip
-from regionclip_cli.data.proposals import RandomBoxSpec, random_boxes
+from regionclip_cli.data.proposals import RandomBoxConfig, random_boxes
 from regionclip_cli.modeling.region_encoder import TRUNK_STRIDE, RegionEncoder, attention_pool
 
 from machine import device_name  # benchmarks/machine.py (scripts run from benchmarks/)
@@ -144,7 +144,7 @@ def main() -> None:
     rows = []
     with torch.inference_mode():
         for count in args.boxes:
-            boxes = random_boxes(args.width, args.height, RandomBoxSpec(count=count, seed=count)).to(bench.device)
+            boxes = random_boxes(args.width, args.height, RandomBoxConfig(count=count, seed=count)).to(bench.device)
             region = lambda: bench.region(boxes)  # noqa: E731
             crops = lambda: bench.crops(boxes)  # noqa: E731
             bench.timed(region), bench.timed(crops)  # warm-up: allocator, oneDNN/cuDNN kernel choice

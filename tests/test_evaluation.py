@@ -95,11 +95,10 @@ def test_unknown_image_id_is_a_clear_error():
         evaluate_coco(_coco_gt(), bad)
 
 
-def test_unknown_category_is_ignored_with_a_note():
+def test_unknown_category_is_an_error_not_a_silent_low_ap():
     extra = _perfect() + [{"image_id": 1, "category_id": 77, "bbox": [0, 0, 50, 50], "score": 0.99}]
-    result = evaluate_coco(_coco_gt(), extra)
-    assert result.metrics["AP"] == pytest.approx(100.0)
-    assert result.notes == ["1 detections have category ids not in the ground truth and were ignored: 77"]
+    with pytest.raises(RegionclipError, match="1 detections have category ids not in the ground truth: 77"):
+        evaluate_coco(_coco_gt(), extra)
 
 
 def test_malformed_detection_names_its_index():
@@ -150,7 +149,8 @@ def test_segmentation_masks():
 def test_result_json_has_null_for_undefined_figures():
     result = EvalResult({"AP": 42.123456, "APs": math.nan}, {3: 50.0}, ["note"])
     data = json.loads(result.to_json())
-    assert data == {"metrics": {"AP": 42.1235, "APs": None}, "per_category": {"3": 50.0}, "notes": ["note"]}
+    assert data == {"kind": "coco", "images_evaluated": None, "images_in_ground_truth": None,
+                    "metrics": {"AP": 42.1235, "APs": None}, "per_category": {"3": 50.0}, "notes": ["note"]}
 
 
 # ---------------------------------------------------------------------------------------------- LVIS
@@ -232,3 +232,279 @@ def test_lvis_needs_frequencies():
     del gt["categories"][1]["frequency"]
     with pytest.raises(RegionclipError, match="category ids 2 lack one"):
         evaluate_lvis(gt, [])
+
+
+# ------------------------------------------------------------------ evaluate_detections (checked API)
+
+from regionclip_cli.data.vocab import load_vocabulary  # noqa: E402
+from regionclip_cli.evaluation import check_vocabulary, evaluate_detections, load_ground_truth  # noqa: E402
+from regionclip_cli.synthetic.categories import WORLD_CATEGORIES  # noqa: E402
+
+
+def _world_gt(num_images: int = 12, seed: int = 0) -> dict:
+    """A world-format ground truth (20 categories tagged base/novel) with 1-4 random boxes per image."""
+    import random
+
+    rng = random.Random(seed)
+    images, annotations = [], []
+    for image_id in range(1, num_images + 1):
+        images.append({"id": image_id, "file_name": f"{image_id - 1:06d}.png", "width": 224, "height": 224})
+        for _ in range(rng.randint(1, 4)):
+            w, h = rng.uniform(12, 110), rng.uniform(12, 110)
+            x, y = rng.uniform(0, 224 - w), rng.uniform(0, 224 - h)
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "bbox": [x, y, w, h],
+                                "area": w * h, "iscrowd": 0, "category_id": rng.choice(WORLD_CATEGORIES).id})
+    categories = [{"id": c.id, "name": c.name, "supercategory": "shape", "synonyms": list(c.synonyms),
+                   "split": c.split} for c in WORLD_CATEGORIES]
+    return {"images": images, "annotations": annotations, "categories": categories}
+
+
+def _noisy_detections(gt: dict, seed: int = 1) -> list[dict]:
+    """Jittered copies of the ground truth with random labels and scores, plus false positives."""
+    import random
+
+    rng = random.Random(seed)
+    ids = [c["id"] for c in gt["categories"]]
+    out = []
+    for ann in gt["annotations"]:
+        x, y, w, h = ann["bbox"]
+        for _ in range(3):
+            label = ann["category_id"] if rng.random() < 0.5 else rng.choice(ids)
+            jitter = [x + rng.uniform(-8, 8), y + rng.uniform(-8, 8), w * rng.uniform(0.8, 1.2), h * rng.uniform(0.8, 1.2)]
+            out.append({"image_id": ann["image_id"], "category_id": label, "bbox": jitter, "score": rng.random()})
+    for img in gt["images"]:
+        out.append({"image_id": img["id"], "category_id": rng.choice(ids), "bbox": [5, 5, 40, 40], "score": rng.random()})
+    return out
+
+
+def test_agrees_with_pycocotools_run_directly_on_the_same_files(tmp_path):
+    import contextlib
+    import io
+
+    import numpy as np
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    gt = _world_gt(num_images=20)
+    detections = _noisy_detections(gt)
+    gt_path, dt_path = tmp_path / "ann.json", tmp_path / "detections_coco.json"
+    gt_path.write_text(json.dumps(gt))
+    dt_path.write_text(json.dumps(detections))
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO(str(gt_path))
+        evaluator = COCOeval(coco_gt, coco_gt.loadRes(str(dt_path)), iouType="bbox")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    stats = evaluator.stats * 100
+    result = evaluate_detections(dt_path, gt_path, split="world")
+    for key, index in (("AP", 0), ("AP50", 1), ("AP75", 2), ("APs", 3), ("APm", 4), ("APl", 5)):
+        assert result.metrics[key] == pytest.approx(stats[index], abs=1e-9), key
+    # Split AP50 = mean of the split's per-category AP50 from the same precision array.
+    precision = evaluator.eval["precision"][0, :, :, 0, -1]  # IoU 0.5, all areas, 100 detections
+    novel = {c.id for c in WORLD_CATEGORIES if c.split == "novel"}
+    columns = [k for k, cid in enumerate(evaluator.params.catIds) if cid in novel and (precision[:, k] > -1).all()]
+    assert result.metrics["AP50_novel"] == pytest.approx(np.mean(precision[:, columns]) * 100, abs=1e-9)
+    assert result.kind == "coco" and result.images_evaluated == result.images_in_ground_truth == 20
+    assert not any(note.startswith("evaluated on") for note in result.notes)
+
+
+def test_split_is_read_from_the_ground_truths_category_tags():
+    gt = _world_gt()
+    detections = _noisy_detections(gt)
+    tagged = evaluate_detections(detections, gt)  # no split given: world categories carry "split"
+    named = evaluate_detections(detections, gt, split="world")
+    assert {"AP50_base", "AP50_novel"} <= set(tagged.metrics)
+    assert tagged.metrics == pytest.approx(named.metrics, nan_ok=True)
+
+
+def test_ground_truth_categories_not_matching_the_vocabulary_is_an_error():
+    # Issue 12.4: world annotations scored with the default COCO vocabulary: ids collide
+    # (COCO "person" is 1, world "circle" is 1) and the AP was a silent 1.3.
+    gt = _world_gt()
+    with pytest.raises(RegionclipError, match=r"category id 1 is 'person' in the vocabulary but 'circle' "
+                                              r"in the ground truth .*--vocab world"):
+        check_vocabulary(load_vocabulary("coco"), gt, where="--gt ann.json")
+    with pytest.raises(RegionclipError, match="do not match the vocabulary 'coco'"):
+        evaluate_detections(_noisy_detections(gt), gt, vocabulary=load_vocabulary("coco"))
+    with pytest.raises(RegionclipError, match="do not match the vocabulary 'coco-ovd'"):
+        evaluate_detections(_noisy_detections(gt), gt, split="coco-ovd")
+    check_vocabulary(load_vocabulary("world"), gt)  # the right one passes
+    custom = load_vocabulary("circle,square").aligned_to(gt["categories"])
+    check_vocabulary(custom, gt)
+    with pytest.raises(RegionclipError, match="no category id in common"):
+        check_vocabulary(load_vocabulary("apple,pear"), {**gt, "categories": [{"id": 7, "name": "x"}]})
+
+
+def test_lvis_names_and_synonyms_match_the_cleaned_vocabulary_names():
+    lvis = load_vocabulary("lvis")
+    gt = {"images": [], "annotations": [], "categories": [
+        {"id": 3, "name": "aeroplane", "frequency": "f"}, {"id": 1, "name": "aerosol_can", "frequency": "c"}]}
+    check_vocabulary(lvis, gt)  # 'aeroplane' is a synonym of id 3, 'aerosol_can' the raw LVIS name
+    gt["categories"][0]["name"] = "alarm_clock"
+    with pytest.raises(RegionclipError, match="category id 3 is 'airplane' in the vocabulary but 'alarm_clock'"):
+        check_vocabulary(lvis, gt)
+
+
+def test_vocabulary_classes_the_ground_truth_lacks_are_left_out_with_a_note():
+    gt = _world_gt()
+    world = load_vocabulary("world")
+    larger = type(world)(world.name, world.names + ("kite",), world.category_ids + (999,),
+                         world.synonyms + (("kite",),), world.splits)
+    detections = _perfect_world(gt) + [{"image_id": 1, "category_id": 999, "bbox": [0, 0, 9, 9], "score": 1.0}]
+    result = evaluate_detections(detections, gt, vocabulary=larger)
+    assert result.metrics["AP50"] == pytest.approx(100.0)
+    assert any("1 detections of 1 vocabulary classes the ground truth does not annotate" in n and "kite" in n
+               for n in result.notes)
+    with pytest.raises(RegionclipError, match="category ids not in the ground truth: 999"):
+        evaluate_detections(detections, gt)  # without a vocabulary that explains them
+
+
+def _perfect_world(gt: dict) -> list[dict]:
+    return [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.9}
+            for a in gt["annotations"]]
+
+
+def test_ground_truth_categories_outside_the_vocabulary_are_not_scored():
+    gt = _world_gt()
+    base = load_vocabulary("world").subset("base")
+    detections = [d for d in _perfect_world(gt) if d["category_id"] in base.category_ids]
+    result = evaluate_detections(detections, gt, vocabulary=base)
+    assert result.metrics["AP50"] == pytest.approx(100.0)  # novel boxes are not counted as misses
+    assert any("not in the vocabulary and were not scored" in n for n in result.notes)
+
+
+def test_a_subset_of_the_ground_truth_images_says_n_of_m():
+    # Issue 12.6: scoring 2 of 64 annotated images printed AP 29.2 without a word.
+    gt = _world_gt(num_images=8)
+    run = {1, 2}
+    detections = [d for d in _perfect_world(gt) if d["image_id"] in run]
+    result = evaluate_detections(detections, gt, image_ids=run)
+    assert result.metrics["AP50"] == pytest.approx(100.0)
+    assert result.images_evaluated == 2 and result.images_in_ground_truth == 8
+    assert "evaluated on 2 of 8 ground-truth images" in result.notes[0]
+    assert result.to_dict()["images_evaluated"] == 2
+    with pytest.raises(RegionclipError, match="image ids 99 were run but are not in the ground truth"):
+        evaluate_detections(detections, gt, image_ids={1, 99})
+
+
+def test_detections_jsonl_gives_the_images_run_and_labels_that_are_checked(tmp_path):
+    gt = _world_gt(num_images=6)
+    names = {c.id: c.name for c in WORLD_CATEGORIES}
+    lines = []
+    for image_id in (1, 2, 3):
+        dets = [{"box": [a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]],
+                 "label": names[a["category_id"]], "category_id": a["category_id"], "score": 0.8}
+                for a in gt["annotations"] if a["image_id"] == image_id]
+        lines.append({"file": f"{image_id - 1:06d}.png", "width": 224, "height": 224, "image_id": image_id,
+                      "detections": dets})
+    path = tmp_path / "detections.jsonl"
+    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    result = evaluate_detections(path, gt)
+    assert result.metrics["AP50"] == pytest.approx(100.0)
+    assert result.images_evaluated == 3 and "evaluated on 3 of 6" in result.notes[0]
+    # Same ids, other names: made with another vocabulary.
+    coco_names = load_vocabulary("coco")
+    for line in lines:
+        for det in line["detections"]:
+            det["label"] = coco_names.name_of(det["category_id"])
+    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    with pytest.raises(RegionclipError, match="do not match the vocabulary 'of the detections file'"):
+        evaluate_detections(path, gt)
+
+
+def test_an_annotation_file_passed_as_detections_is_named(tmp_path):
+    path = tmp_path / "ann.json"
+    path.write_text(json.dumps(_world_gt()))
+    with pytest.raises(RegionclipError, match="this is an annotation file"):
+        evaluate_detections(path, _world_gt())
+
+
+def test_ground_truth_image_without_file_name_is_one_clean_line():
+    # Issue 12.7: `--gt` with an image lacking file_name was a KeyError traceback.
+    gt = _world_gt(num_images=3)
+    del gt["images"][1]["file_name"]
+    with pytest.raises(RegionclipError, match=r"--gt a\.json: image id 2 \(entry 1 of 'images'\) has no 'file_name'"):
+        load_ground_truth(gt, where="--gt a.json", need_file_names=True)
+    assert len(load_ground_truth(gt)["images"]) == 3  # AP alone does not need file names
+
+
+def test_lvis_ground_truth_is_evaluated_the_lvis_way():
+    gt = _lvis_gt()
+    result = evaluate_detections(_lvis_perfect(gt), gt)
+    assert result.kind == "lvis" and result.metrics["APr"] == pytest.approx(100.0)
+
+
+# ------------------------------------------------------------------------------ region top-1 accuracy
+
+from regionclip_cli.evaluation.chance import random_score_levels  # noqa: E402
+from regionclip_cli.evaluation.region_accuracy import RECOGNITION_NOTE, region_accuracy  # noqa: E402
+
+
+def _records(gt: dict, label_of) -> list[dict]:
+    """One record per image, boxes = its ground-truth boxes (rounded as the JSONL does)."""
+    records = []
+    for img in gt["images"]:
+        anns = [a for a in gt["annotations"] if a["image_id"] == img["id"]]
+        records.append({
+            "file": f"world/images/{img['file_name']}",
+            "boxes": [[round(x, 2), round(y, 2), round(x + w, 2), round(y + h, 2)] for x, y, w, h in (a["bbox"] for a in anns)],
+            "category_ids": [label_of(a) for a in anns],
+        })
+    return records
+
+
+def test_region_top1_counts_right_labels_per_split_and_size():
+    gt = _world_gt(num_images=10)
+    novel = {c.id for c in WORLD_CATEGORIES if c.split == "novel"}
+    # Right on every base box, wrong (shifted id) on every novel box.
+    records = _records(gt, lambda a: a["category_id"] if a["category_id"] not in novel else a["category_id"] % 20 + 1)
+    acc = region_accuracy(records, gt, vocabulary=load_vocabulary("world"))
+    n_novel = sum(a["category_id"] in novel for a in gt["annotations"])
+    assert acc.groups["all"].total == len(gt["annotations"])
+    assert acc.groups["novel"].total == n_novel and acc.groups["novel"].correct == 0
+    assert acc.groups["base"].accuracy == pytest.approx(100.0)
+    sizes = sum(acc.groups[s].total for s in ("small", "medium", "large"))
+    assert sizes == acc.groups["all"].total
+    small = sum(a["area"] < 32 ** 2 for a in gt["annotations"])
+    assert acc.groups["small"].total == small
+    assert acc.chance == pytest.approx(5.0) and acc.missed_gt == 0 and acc.unmatched_boxes == 0
+    data = acc.to_dict()
+    assert data["counts"]["novel"] == {"correct": 0, "total": n_novel} and data["chance"] == 5.0
+    assert "ranks recognition, not detection" in RECOGNITION_NOTE
+
+
+def test_region_top1_matches_only_copies_of_ground_truth_boxes():
+    gt = _world_gt(num_images=4)
+    records = _records(gt, lambda a: a["category_id"])
+    records[0]["boxes"].append([1, 1, 30, 30])  # a proposal that is no ground-truth box
+    records[0]["category_ids"].append(1)
+    shifted = records[1]["boxes"][0]
+    records[1]["boxes"][0] = [shifted[0] + 3, shifted[1], shifted[2] + 3, shifted[3]]  # IoU < 0.99
+    acc = region_accuracy(records[:2], gt)
+    assert acc.unmatched_boxes == 2 and acc.missed_gt == 1
+    assert acc.groups["all"].accuracy == pytest.approx(100.0)
+    assert acc.images_evaluated == 2
+    assert any("evaluated on 2 of 4 ground-truth images" in n for n in acc.notes)
+    assert any("1 ground-truth boxes had no identical proposal" in n for n in acc.notes)
+
+
+def test_region_top1_refuses_records_that_do_not_belong():
+    gt = _world_gt(num_images=3)
+    records = _records(gt, lambda a: a["category_id"])
+    with pytest.raises(RegionclipError, match="matches no image of the ground truth"):
+        region_accuracy([{**records[0], "file": "elsewhere/zzz.png"}], gt)
+    with pytest.raises(RegionclipError, match="category ids 77 are not in the ground truth"):
+        region_accuracy([{**records[0], "category_ids": [77] * len(records[0]["boxes"])}], gt)
+    with pytest.raises(RegionclipError, match="do not match the vocabulary 'coco'"):
+        region_accuracy(records, gt, vocabulary=load_vocabulary("coco"))
+
+
+def test_random_scores_reach_a_sizeable_ap50_but_chance_top1():
+    # DESIGN.md: with ground-truth boxes as proposals, AP50 over 20 classes is about 8 for uniformly
+    # random scores; top-1 is 1/20. Small AP differences between models mean nothing here.
+    gt = _world_gt(num_images=60, seed=3)
+    levels = random_score_levels(gt, split="world", seeds=(0, 1))
+    assert 4.0 < levels["AP50"] < 14.0
+    assert 2.5 < levels["top1_all"] < 8.0
+    assert {"AP50_novel", "AP50_base", "top1_novel", "top1_small"} <= set(levels)

@@ -13,7 +13,7 @@ from regionclip_cli.data.images import (
     ImageLoader,
     LoadedImage,
     LoadFailure,
-    ResizeSpec,
+    ResizeConfig,
     find_images,
     load_image,
     pad_batch,
@@ -165,11 +165,11 @@ def test_find_images_walks_folders_and_reports_problems(tmp_path):
 @pytest.mark.parametrize(
     ("size", "spec", "expected"),
     [
-        ((640, 480), ResizeSpec(), (1067, 800)),  # 480 -> 800, 640 * 5/3 = 1066.67 rounds up
-        ((480, 640), ResizeSpec(), (800, 1067)),
-        ((2000, 500), ResizeSpec(), (1333, 333)),  # long side capped: 500 * 1333/2000 = 333.25
-        ((1333, 800), ResizeSpec(), (1333, 800)),  # already the right size
-        ((100, 50), ResizeSpec(min_size=224, max_size=1000), (448, 224)),
+        ((640, 480), ResizeConfig(), (1067, 800)),  # 480 -> 800, 640 * 5/3 = 1066.67 rounds up
+        ((480, 640), ResizeConfig(), (800, 1067)),
+        ((2000, 500), ResizeConfig(), (1333, 333)),  # long side capped: 500 * 1333/2000 = 333.25
+        ((1333, 800), ResizeConfig(), (1333, 800)),  # already the right size
+        ((100, 50), ResizeConfig(min_size=224, max_size=1000), (448, 224)),
     ],
 )
 def test_resize_follows_detectron2_shortest_edge_rule(size, spec, expected):
@@ -209,7 +209,7 @@ def test_loader_keeps_order_and_reports_bad_files(tmp_path, workers):
         paths.append(path)
 
     loader = ImageLoader(
-        (p for p in paths), mean=MEAN, std=STD, resize=ResizeSpec(32, 64), workers=workers, lookahead=2,
+        (p for p in paths), mean=MEAN, std=STD, resize=ResizeConfig(32, 64), workers=workers, lookahead=2,
         keep_original=True,
     )
     results = list(loader)
@@ -231,7 +231,7 @@ def test_loader_can_stop_early(tmp_path):
         path = tmp_path / f"{index}.png"
         Image.new("RGB", (16, 16)).save(path)
         paths.append(path)
-    loader = ImageLoader(paths, mean=MEAN, std=STD, resize=ResizeSpec(16, 16), lookahead=3)
+    loader = ImageLoader(paths, mean=MEAN, std=STD, resize=ResizeConfig(16, 16), lookahead=3)
     for count, item in enumerate(loader, start=1):
         if count == 2:
             break

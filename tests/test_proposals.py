@@ -4,12 +4,12 @@ import pytest
 import torch
 
 from regionclip_cli.core.errors import InputError, RegionclipError
-from regionclip_cli.data.proposals import (BoxFile, FileNameIndex, RandomBoxSpec, random_boxes,
+from regionclip_cli.data.proposals import (BoxFile, FileNameIndex, RandomBoxConfig, random_boxes,
                                       sanitize_boxes)
 
 
 def test_random_boxes_are_inside_on_grid_and_deterministic():
-    spec = RandomBoxSpec(count=500, grid=8, min_size=16, seed=3)
+    spec = RandomBoxConfig(count=500, grid=8, min_size=16, seed=3)
     boxes = random_boxes(1333, 800, spec, key="a.jpg")
     assert boxes.shape == (500, 4)
     assert (boxes[:, 0] >= 0).all() and (boxes[:, 2] <= 1333).all()

@@ -43,9 +43,9 @@ def pseudolabel(
     from regionclip_cli.data.images import find_images
     from regionclip_cli.modeling.clip import load_clip
     from regionclip_cli.core.progress import progress_bar, stderr_console
-    from regionclip_cli.data.proposals import BoxFile, ProposalSource, RandomBoxSpec
-    from regionclip_cli.data.pseudolabel_shards import ShardedLabels, ShardSettings, digest
-    from regionclip_cli.stages.pseudolabel.labeler import PseudoLabeler, PseudoLabelSpec, label_records
+    from regionclip_cli.data.proposals import BoxFile, ProposalSource, RandomBoxConfig
+    from regionclip_cli.data.pseudolabel_shards import ShardedLabels, ShardConfig, digest
+    from regionclip_cli.stages.pseudolabel.labeler import PseudoLabeler, LabelRuleConfig, label_records
     from regionclip_cli.modeling.text import check_matches, load_text_embeddings
     from regionclip_cli.stages.zeroshot.run import resize_for
 
@@ -56,15 +56,15 @@ def pseudolabel(
     box_file = BoxFile(boxes) if boxes is not None else None
     clip = load_clip(model, pretrained=pretrained, weights=weights, device=resolve_device(device))
     check_matches(pool, clip, origin=f"--concepts {concepts}")
-    settings = ShardSettings(
+    settings = ShardConfig(
         model_identity=clip.identity, concepts=digest(pool.names),
         proposals=f"file:{boxes.resolve()}" if boxes else "random",
         regions_per_image=regions, threshold=threshold, temperature=temperature, seed=seed,
         shard_size=shard_size, images=digest([str(p.resolve()) for p in paths]))
     shards = ShardedLabels(out, settings, paths, overwrite=overwrite)
-    labeler = PseudoLabeler(clip, pool.embeddings, PseudoLabelSpec(threshold, temperature))
+    labeler = PseudoLabeler(clip, pool.embeddings, LabelRuleConfig(threshold, temperature))
     resize = resize_for(clip, min_size, max_size)
-    proposals = ProposalSource(box_file, RandomBoxSpec(count=regions, seed=seed), max_boxes=regions)
+    proposals = ProposalSource(box_file, RandomBoxConfig(count=regions, seed=seed), max_boxes=regions)
     box_problems: list[str] = []
 
     for problem in missing:

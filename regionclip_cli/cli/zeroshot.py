@@ -60,7 +60,7 @@ def zeroshot(
     from regionclip_cli.stages.zeroshot import run as core
     from regionclip_cli.core.errors import NotBuiltYet, RegionclipError
     from regionclip_cli.core.progress import progress_bar, stderr_console
-    from regionclip_cli.modeling.scoring import DetectionSpec
+    from regionclip_cli.modeling.scoring import DetectionConfig
 
     if proposals is ProposalSource.rpn and boxes is None:
         raise NotBuiltYet("--proposals rpn: the RPN is not built yet; use --proposals random or --boxes FILE")
@@ -73,7 +73,7 @@ def zeroshot(
     job = core.prepare_job(
         images=images, vocab=vocab, model=model, pretrained=pretrained, weights=weights,
         templates=templates, boxes=boxes, num_random_boxes=num_proposals, gt=gt,
-        detection=DetectionSpec(score_threshold, nms, max_detections, temperature),
+        detection=DetectionConfig(score_threshold, nms, max_detections, temperature),
         min_size=min_size, max_size=max_size, batch_size=batch_size, device=device,
         cache_dir=cache_dir, keep_originals=save_vis, progress=not quiet,
     )

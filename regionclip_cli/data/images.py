@@ -155,15 +155,25 @@ def _high_depth_to_rgb(image: Image.Image) -> Image.Image:
     return Image.fromarray(np.stack([gray] * 3, axis=-1), mode="RGB")
 
 
+# Test-time resizing as detectron2 does by default (the original evaluates that way); RegionCLIP's
+# pretraining config asks for bicubic, so the pretraining stage passes "bicubic".
+INTERPOLATIONS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+
+
 @dataclass(frozen=True)
-class ResizeSpec:
-    """detectron2's test-time resize: short side to `min_size`, long side at most `max_size`."""
+class ResizeConfig:
+    """detectron2's ResizeShortestEdge: short side to `min_size`, long side at most `max_size`."""
 
     min_size: int = 800
     max_size: int = 1333
+    interpolation: str = "bilinear"
+
+    def __post_init__(self) -> None:
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {self.interpolation!r}")
 
 
-def resized_shape(width: int, height: int, spec: ResizeSpec) -> tuple[int, int, float]:
+def resized_shape(width: int, height: int, spec: ResizeConfig) -> tuple[int, int, float]:
     """(new width, new height, scale) by detectron2's ResizeShortestEdge rule, sizes rounded half up."""
     scale = spec.min_size / min(width, height)
     if max(width, height) * scale > spec.max_size:
@@ -173,12 +183,12 @@ def resized_shape(width: int, height: int, spec: ResizeSpec) -> tuple[int, int, 
     return new_width, new_height, scale
 
 
-def resize_for_model(image: Image.Image, spec: ResizeSpec = ResizeSpec()) -> tuple[Image.Image, float]:
-    """Resize with bicubic filtering; input pixels = original pixels x scale (up to rounding)."""
+def resize_for_model(image: Image.Image, spec: ResizeConfig = ResizeConfig()) -> tuple[Image.Image, float]:
+    """Resize with `spec.interpolation`; input pixels = original pixels x scale (up to rounding)."""
     new_width, new_height, scale = resized_shape(image.width, image.height, spec)
     if (new_width, new_height) == image.size:
         return image, scale
-    return image.resize((new_width, new_height), Image.Resampling.BICUBIC), scale
+    return image.resize((new_width, new_height), INTERPOLATIONS[spec.interpolation]), scale
 
 
 def to_model_tensor(image: Image.Image, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -251,7 +261,7 @@ class ImageLoader:
         *,
         mean: Sequence[float],
         std: Sequence[float],
-        resize: ResizeSpec = ResizeSpec(),
+        resize: ResizeConfig = ResizeConfig(),
         workers: int = 2,
         lookahead: int = 4,
         keep_original: bool = False,

@@ -21,7 +21,7 @@ from regionclip_cli.core.errors import InputError, RegionclipError
 
 
 @dataclass(frozen=True)
-class RandomBoxSpec:
+class RandomBoxConfig:
     """Random boxes snapped to a `grid`-pixel lattice, sizes log-uniform from `min_size` to the image."""
 
     count: int = 300
@@ -35,7 +35,7 @@ def _generator_for(key: str, seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
 
 
-def random_boxes(width: int, height: int, spec: RandomBoxSpec, key: str = "") -> torch.Tensor:
+def random_boxes(width: int, height: int, spec: RandomBoxConfig, key: str = "") -> torch.Tensor:
     """[spec.count, 4] boxes inside the image, the same for the same (seed, key) on any machine."""
     gen = _generator_for(key, spec.seed)
     n = spec.count
@@ -231,7 +231,7 @@ class ProposalSource:
     file name, so reruns propose the same regions.
     """
 
-    def __init__(self, box_file: BoxFile | None, random_spec: RandomBoxSpec, max_boxes: int | None = None):
+    def __init__(self, box_file: BoxFile | None, random_spec: RandomBoxConfig, max_boxes: int | None = None):
         self.box_file = box_file
         self.random_spec = random_spec
         self.max_boxes = max_boxes

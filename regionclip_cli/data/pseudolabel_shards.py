@@ -21,7 +21,7 @@ from regionclip_cli.core.errors import RegionclipError
 
 
 @dataclass(frozen=True)
-class ShardSettings:
+class ShardConfig:
     """Everything that changes the labels; equal settings make shards interchangeable."""
 
     model_identity: str
@@ -40,7 +40,7 @@ def digest(items: list[str]) -> str:
 
 
 class ShardedLabels:
-    def __init__(self, out_dir: Path, settings: ShardSettings, paths: list[Path], *, overwrite: bool = False):
+    def __init__(self, out_dir: Path, settings: ShardConfig, paths: list[Path], *, overwrite: bool = False):
         self.out_dir = Path(out_dir)
         self.shards_dir = self.out_dir / "shards"
         self.settings = settings

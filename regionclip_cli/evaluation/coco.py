@@ -42,10 +42,16 @@ class EvalResult:
     metrics: dict[str, float]
     per_category: dict[int, float]
     notes: list[str] = field(default_factory=list)
+    kind: str = "coco"  # "coco" (pycocotools) or "lvis" (faster-coco-eval's LVIS mode)
+    images_evaluated: int | None = None
+    images_in_ground_truth: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: NaN becomes None, category ids become string keys."""
         return {
+            "kind": self.kind,
+            "images_evaluated": self.images_evaluated,
+            "images_in_ground_truth": self.images_in_ground_truth,
             "metrics": {k: _json_number(v) for k, v in self.metrics.items()},
             "per_category": {str(k): _json_number(v) for k, v in self.per_category.items()},
             "notes": list(self.notes),
@@ -70,14 +76,15 @@ def evaluate_coco(
 
     `gt` is a COCO annotation file or its parsed dict. `split` maps a name to category ids (e.g.
     {"novel": [...], "base": [...]}) for per-split AP50 and AP; ids without ground truth are
-    ignored. Detections of categories not in the ground truth are ignored (see `notes`); detections
-    on images not in the ground truth are an error, as they mean the two files do not belong together.
+    ignored. Detections of categories or on images not in the ground truth are errors: the two
+    files do not belong together (`evaluate_detections` drops a vocabulary's extra classes, with
+    a note, before calling this).
     """
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
     _check_iou_type(iou_type)
-    dataset = _load_ground_truth(gt)
+    dataset = load_ground_truth(gt)
     results, notes = _prepare_detections(detections, dataset, iou_type)
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt = COCO()
@@ -117,7 +124,7 @@ def evaluate_lvis(
     from faster_coco_eval import COCO, COCOeval_faster
 
     _check_iou_type(iou_type)
-    dataset = _load_ground_truth(gt)
+    dataset = load_ground_truth(gt)
     missing = [c["id"] for c in dataset["categories"] if c.get("frequency") not in LVIS_FREQUENCIES]
     if missing:
         raise RegionclipError(
@@ -143,7 +150,7 @@ def evaluate_lvis(
     for frequency in LVIS_FREQUENCIES:
         ids = [cid for cid, f in frequency_of.items() if f == frequency]
         metrics[f"AP{frequency}"] = table.mean(categories=table.indices_of(ids))
-    return EvalResult(metrics, table.per_category_ap50(), notes)
+    return EvalResult(metrics, table.per_category_ap50(), notes, kind="lvis")
 
 
 class _PrecisionTable:
@@ -197,16 +204,20 @@ def _some(values: Sequence[Any], limit: int = 5) -> str:
     return shown + (f" ... ({len(values)} in all)" if len(values) > limit else "")
 
 
-def _load_ground_truth(gt: str | os.PathLike | Mapping) -> dict:
+def load_ground_truth(gt: str | os.PathLike | Mapping, *, where: str | None = None,
+                      need_file_names: bool = False) -> dict:
     """A private, normalised copy: every annotation gets a unique id, `iscrowd` and `area`.
 
     pycocotools indexes annotations by id and reads `iscrowd` and `area` unconditionally, and
     both libraries write into the dicts they are given, so the caller's data is never handed over.
+    `need_file_names` is for callers that match images to files: an image without a `file_name`
+    is then an error naming it, not a KeyError later. `where` names the file in messages
+    (e.g. "--gt ann.json").
     """
     if isinstance(gt, Mapping):
-        data, where = gt, "ground truth"
+        data, where = gt, where or "ground truth"
     else:
-        where = str(gt)
+        where = where or str(gt)
         try:
             data = json.loads(Path(gt).read_text(encoding="utf-8"))
         except FileNotFoundError:
@@ -220,6 +231,15 @@ def _load_ground_truth(gt: str | os.PathLike | Mapping) -> dict:
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
             raise RegionclipError(f"{where}: missing the '{key}' list of a COCO annotation file")
+    if need_file_names:
+        for number, img in enumerate(data["images"]):
+            name = img.get("file_name") if isinstance(img, Mapping) else None
+            if not isinstance(name, str) or not name.strip():
+                label = f"id {img.get('id')}" if isinstance(img, Mapping) and "id" in img else f"#{number}"
+                raise RegionclipError(
+                    f"{where}: image {label} (entry {number} of 'images') has no 'file_name'; "
+                    "images are matched to files by it"
+                )
     try:
         images = [{**img, "id": int(img["id"])} for img in data["images"]]
         categories = [{**cat, "id": int(cat["id"])} for cat in data["categories"]]
@@ -278,13 +298,13 @@ def _prepare_detections(detections: Sequence[Mapping], dataset: dict, iou_type: 
             f"detections refer to image ids not in the ground truth: {_some(sorted(unknown_images))}; "
             "were they made on the images of this annotation file (image ids come from its 'images')?"
         )
-    notes = []
     if unknown_categories:
-        notes.append(
-            f"{sum(unknown_categories.values())} detections have category ids not in the ground truth and were "
-            f"ignored: {_some(sorted(unknown_categories))}"
+        raise RegionclipError(
+            f"{sum(unknown_categories.values())} detections have category ids not in the ground truth: "
+            f"{_some(sorted(unknown_categories))}; were they made with the vocabulary of this annotation "
+            "file (category ids come from its 'categories')?"
         )
-    return results, notes
+    return results, []
 
 
 def _as_rle(segmentation: Any, size: tuple[Any, Any] | None) -> dict:

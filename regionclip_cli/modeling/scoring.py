@@ -17,7 +17,7 @@ from regionclip_cli.modeling.losses import PAPER_TEMPERATURE
 
 
 @dataclass(frozen=True)
-class DetectionSpec:
+class DetectionConfig:
     """Post-processing settings; defaults are the paper's COCO ones."""
 
     score_threshold: float = 0.001
@@ -45,7 +45,7 @@ class Detections:
     classes: torch.Tensor
 
 
-def select_detections(boxes: torch.Tensor, probabilities: torch.Tensor, spec: DetectionSpec) -> Detections:
+def select_detections(boxes: torch.Tensor, probabilities: torch.Tensor, spec: DetectionConfig) -> Detections:
     """Every (box, class) above threshold, per-class NMS, best `max_detections` by score."""
     candidates = probabilities > spec.score_threshold
     box_index, class_index = candidates.nonzero(as_tuple=True)

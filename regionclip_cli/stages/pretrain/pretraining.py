@@ -29,12 +29,12 @@ from regionclip_cli.data.captions import (CaptionedImage, global_batch_indices, 
                                          read_captioned_images, sample_generator)
 from regionclip_cli.modeling.checkpoints import Checkpoint, load_checkpoint, save_checkpoint
 from regionclip_cli.core.errors import RegionclipError
-from regionclip_cli.data.images import ResizeSpec, load_image, pad_batch, resize_for_model, to_model_tensor
+from regionclip_cli.data.images import ResizeConfig, load_image, pad_batch, resize_for_model, to_model_tensor
 from regionclip_cli.modeling.losses import concept_distillation, image_text_contrastive, region_concept_contrastive
 from regionclip_cli.modeling.clip import LoadedClip, load_clip
-from regionclip_cli.data.proposals import BoxFile, RandomBoxSpec, random_boxes, sanitize_boxes
+from regionclip_cli.data.proposals import BoxFile, RandomBoxConfig, random_boxes, sanitize_boxes
 from regionclip_cli.data.pseudolabel_shards import PrecomputedLabels, load_precomputed
-from regionclip_cli.stages.pseudolabel.labeler import PseudoLabels, PseudoLabelSpec, assign_pseudo_labels
+from regionclip_cli.stages.pseudolabel.labeler import PseudoLabels, LabelRuleConfig, assign_pseudo_labels
 from regionclip_cli.stages.pretrain.recipe import PretrainRecipe
 from regionclip_cli.engine.recipe import to_plain
 from regionclip_cli.modeling.region_encoder import RegionEncoder
@@ -109,12 +109,12 @@ class BatchBuilder:
         self.items = items
         self.mean, self.std = mean, std
         self.positions = rank_slice(recipe.train.batch_size, ctx.rank, ctx.world_size)
-        self.resize = ResizeSpec(recipe.train.min_size, recipe.train.max_size)
+        self.resize = ResizeConfig(recipe.train.min_size, recipe.train.max_size, interpolation="bicubic")
         proposals = recipe.proposals
         self.box_file = BoxFile(proposals.file) if proposals.source == "file" else None
         self.precomputed = precomputed
-        self.random_spec = RandomBoxSpec(count=proposals.regions_per_image, grid=proposals.grid,
-                                         min_size=proposals.min_size, seed=recipe.train.seed)
+        self.random_spec = RandomBoxConfig(count=proposals.regions_per_image, grid=proposals.grid,
+                                           min_size=proposals.min_size, seed=recipe.train.seed)
         self.problems: list[str] = []
         workers = recipe.train.loader_workers
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="regionclip-data") if workers > 0 else None
@@ -220,7 +220,7 @@ class RegionCLIPPretraining:
         self.optimizer = build_optimizer(self.trainable, opt.name, opt.lr, opt.momentum, opt.weight_decay)
         self.autocast_dtype = self._autocast_dtype()
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.autocast_dtype == torch.float16)
-        self.pseudo_spec = PseudoLabelSpec(recipe.pseudo_labels.threshold, recipe.losses.temperature)
+        self.pseudo_spec = LabelRuleConfig(recipe.pseudo_labels.threshold, recipe.losses.temperature)
         data = read_captioned_images(recipe.data.images, recipe.data.captions)
         if data.images_without_captions or data.captions_without_images:
             log(f"data: {len(data.items)} captioned images; {data.images_without_captions} images "

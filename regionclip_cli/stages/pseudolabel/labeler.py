@@ -19,7 +19,7 @@ from regionclip_cli.modeling.losses import PAPER_TEMPERATURE
 
 
 @dataclass(frozen=True)
-class PseudoLabelSpec:
+class LabelRuleConfig:
     threshold: float = 0.1
     temperature: float = PAPER_TEMPERATURE
 
@@ -40,7 +40,7 @@ def concept_logits(regions: torch.Tensor, concepts: torch.Tensor, temperature: f
 
 
 def assign_pseudo_labels(teacher_regions: torch.Tensor, concepts: torch.Tensor,
-                         spec: PseudoLabelSpec = PseudoLabelSpec(),
+                         spec: LabelRuleConfig = LabelRuleConfig(),
                          any_kept: Callable[[torch.Tensor], torch.Tensor] = lambda passed: passed
                          ) -> PseudoLabels:
     """Top-1 concept of each region and whether it is confident enough to contrast against.
@@ -73,7 +73,7 @@ class PseudoLabeler:
     The teacher's image-tower batch norm is folded into its convolutions (exact, faster).
     """
 
-    def __init__(self, clip, concepts: torch.Tensor, spec: PseudoLabelSpec = PseudoLabelSpec()):
+    def __init__(self, clip, concepts: torch.Tensor, spec: LabelRuleConfig = LabelRuleConfig()):
         from regionclip_cli.modeling.batchnorm_folding import fold_batchnorm
         from regionclip_cli.modeling.region_encoder import RegionEncoder
 

@@ -21,11 +21,11 @@ from regionclip_cli.modeling.batchnorm_folding import fold_batchnorm
 from regionclip_cli.data.detections import DetectionWriter, ImageDetections
 from regionclip_cli.core.devices import resolve_device
 from regionclip_cli.core.errors import InputError, RegionclipError
-from regionclip_cli.data.images import ImageLoader, LoadedImage, ResizeSpec, find_images
+from regionclip_cli.data.images import ImageLoader, LoadedImage, ResizeConfig, find_images
 from regionclip_cli.modeling.clip import LoadedClip, load_clip
-from regionclip_cli.data.proposals import BoxFile, FileNameIndex, ProposalSource, RandomBoxSpec
+from regionclip_cli.data.proposals import BoxFile, FileNameIndex, ProposalSource, RandomBoxConfig
 from regionclip_cli.modeling.region_encoder import RegionEncoder, embed_image_regions
-from regionclip_cli.modeling.scoring import DetectionSpec, Detections, class_probabilities, select_detections
+from regionclip_cli.modeling.scoring import DetectionConfig, Detections, class_probabilities, select_detections
 from regionclip_cli.modeling.text import embed_names, resolve_templates
 from regionclip_cli.data.vocab import Vocabulary, load_vocabulary
 
@@ -34,12 +34,12 @@ DEFAULT_MAX_SIZE = 1333
 
 
 @dataclass(frozen=True)
-class ZeroShotSpec:
+class ZeroShotConfig:
     """How images are sized, batched, proposed and post-processed."""
 
-    resize: ResizeSpec = field(default_factory=ResizeSpec)
-    detection: DetectionSpec = field(default_factory=DetectionSpec)
-    random_boxes: RandomBoxSpec = field(default_factory=RandomBoxSpec)
+    resize: ResizeConfig = field(default_factory=ResizeConfig)
+    detection: DetectionConfig = field(default_factory=DetectionConfig)
+    random_boxes: RandomBoxConfig = field(default_factory=RandomBoxConfig)
     batch_size: int = 1
     loader_threads: int = 2
     keep_originals: bool = False  # keep decoded originals on results, for drawing pictures
@@ -81,7 +81,7 @@ class ZeroShotDetector:
     is inference-only from here on).
     """
 
-    def __init__(self, clip: LoadedClip, class_embeddings: torch.Tensor, spec: ZeroShotSpec,
+    def __init__(self, clip: LoadedClip, class_embeddings: torch.Tensor, spec: ZeroShotConfig,
                  box_file: BoxFile | None = None,
                  image_id_of: Callable[[Path], int | None] | None = None):
         self.clip = clip
@@ -152,9 +152,9 @@ class ZeroShotJob:
     ground_truth: dict | None
 
 
-def resize_for(clip: LoadedClip, min_size: int | None, max_size: int | None) -> ResizeSpec:
+def resize_for(clip: LoadedClip, min_size: int | None, max_size: int | None) -> ResizeConfig:
     """The options, else the checkpoint's recommended sizes, else detectron2's 800/1333."""
-    return ResizeSpec(min_size or clip.input_min_size or DEFAULT_MIN_SIZE,
+    return ResizeConfig(min_size or clip.input_min_size or DEFAULT_MIN_SIZE,
                       max_size or clip.input_max_size or DEFAULT_MAX_SIZE)
 
 
@@ -181,7 +181,7 @@ def _gt_image_ids(ground_truth: dict) -> Callable[[Path], int | None]:
 
 def prepare_job(*, images: list[Path], vocab: str, model: str | None, pretrained: str | None,
                 weights: Path | None, templates: str, boxes: Path | None, num_random_boxes: int,
-                gt: Path | None, detection: DetectionSpec, min_size: int | None,
+                gt: Path | None, detection: DetectionConfig, min_size: int | None,
                 max_size: int | None, batch_size: int, device: str, cache_dir: Path | None,
                 keep_originals: bool, progress: bool) -> ZeroShotJob:
     """Resolve every option (cheap checks first, the model last) into a ready ZeroShotJob."""
@@ -198,8 +198,8 @@ def prepare_job(*, images: list[Path], vocab: str, model: str | None, pretrained
     resize = resize_for(clip, min_size, max_size)
     class_embeddings = embed_names(clip, vocabulary.names, prompt_templates, cache_dir=cache_dir,
                                    progress=progress)
-    spec = ZeroShotSpec(resize=resize, detection=detection,
-                        random_boxes=RandomBoxSpec(count=num_random_boxes), batch_size=batch_size,
+    spec = ZeroShotConfig(resize=resize, detection=detection,
+                        random_boxes=RandomBoxConfig(count=num_random_boxes), batch_size=batch_size,
                         keep_originals=keep_originals)
     detector = ZeroShotDetector(clip, class_embeddings, spec, box_file=box_file,
                                 image_id_of=_gt_image_ids(ground_truth) if ground_truth else None)
