@@ -508,3 +508,49 @@ def test_random_scores_reach_a_sizeable_ap50_but_chance_top1():
     assert 4.0 < levels["AP50"] < 14.0
     assert 2.5 < levels["top1_all"] < 8.0
     assert {"AP50_novel", "AP50_base", "top1_novel", "top1_small"} <= set(levels)
+
+
+# ------------------------------------------------------------------------------- regionclip evaluate
+
+
+def _files(tmp_path, gt: dict, detections) -> tuple:
+    gt_path, dt_path = tmp_path / "ann.json", tmp_path / "detections_coco.json"
+    gt_path.write_text(json.dumps(gt))
+    dt_path.write_text(json.dumps(detections))
+    return gt_path, dt_path
+
+
+def test_evaluate_command_prints_a_table_and_writes_json(cli, tmp_path):
+    gt = _world_gt(num_images=6)
+    gt_path, dt_path = _files(tmp_path, gt, _perfect_world(gt))
+    regions = tmp_path / "regions.jsonl"
+    regions.write_text("\n".join(json.dumps(r) for r in _records(gt, lambda a: a["category_id"])) + "\n")
+    out = tmp_path / "metrics.json"
+    code, stdout, err = cli("evaluate", dt_path, "--gt", gt_path, "--split", "world", "--regions", regions,
+                            "--out", out)
+    assert code == 0, err
+    assert "AP50 novel" in stdout and "top-1 novel" in stdout and "ranks recognition" in stdout
+    report = json.loads(out.read_text())
+    assert report["detection"]["metrics"]["AP50"] == 100.0
+    assert report["region_accuracy"]["top1"]["all"] == 100.0 and report["inputs"]["split"] == "world"
+
+
+def test_evaluate_command_refuses_files_that_do_not_belong_together(cli, tmp_path):
+    gt = _world_gt(num_images=4)
+    gt_path, dt_path = _files(tmp_path, gt, _perfect_world(gt))
+    code, _, err = cli("evaluate", dt_path, "--gt", gt_path, "--vocab", "coco")
+    assert code == 2 and "category id 1 is 'person' in the vocabulary but 'circle'" in err
+    assert len(err.strip().splitlines()) == 1
+    _, other = _files(tmp_path, gt, [{"image_id": 42, "category_id": 1, "bbox": [0, 0, 5, 5], "score": 1.0}])
+    code, _, err = cli("evaluate", other, "--gt", gt_path)
+    assert code == 2 and "image ids not in the ground truth: 42" in err
+
+
+def test_evaluate_command_says_when_only_some_images_have_detections(cli, tmp_path):
+    gt = _world_gt(num_images=8)
+    some = [d for d in _perfect_world(gt) if d["image_id"] <= 2]
+    gt_path, dt_path = _files(tmp_path, gt, some)
+    code, stdout, _ = cli("evaluate", dt_path, "--gt", gt_path)
+    assert code == 0 and "detections cover 2 of 8 ground-truth images" in stdout
+    code, stdout, _ = cli("evaluate", dt_path, "--gt", gt_path, "--only-detected-images")
+    assert code == 0 and "evaluated on 2 of 8 ground-truth images" in stdout

@@ -11,7 +11,7 @@ import sys
 import typer
 
 from regionclip_cli import __version__
-from regionclip_cli.cli import concepts, planned, pretrain, pseudolabel, world, zeroshot
+from regionclip_cli.cli import concepts, evaluate, planned, pretrain, pseudolabel, world, zeroshot
 from regionclip_cli.core.errors import RegionclipError
 
 app = typer.Typer(
@@ -51,6 +51,7 @@ for _stage in planned.STAGES:
     app.command(_stage.name, help=_stage.help, context_settings={"ignore_unknown_options": True,
                 "allow_extra_args": True})(planned.not_built(_stage))
 app.command("zeroshot")(zeroshot.zeroshot)
+app.command("evaluate")(evaluate.evaluate)
 app.add_typer(world.app, name="world", help="Generate the synthetic world and train its tiny CLIP teacher.")
 
 

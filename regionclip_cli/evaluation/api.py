@@ -274,7 +274,7 @@ def _groups(split: Split, split_vocab: Vocabulary | None, vocabulary: Vocabulary
 
 
 def evaluate_detections(
-    detections: Sequence[Mapping] | str | os.PathLike,
+    detections: Sequence[Mapping] | DetectionsFile | str | os.PathLike,
     ground_truth: GroundTruth,
     *,
     split: Split = None,
@@ -286,7 +286,7 @@ def evaluate_detections(
 
     `detections`: COCO results dicts, or a path to a COCO results JSON or a detections.jsonl
     (whose lines also give the images that were run and the class name of each category id,
-    both checked). `split`: "coco", "coco-ovd", "lvis", "world", a Vocabulary or {group: ids};
+    both checked), or what `read_detections` made of one. `split`: "coco", "coco-ovd", "lvis", "world", a Vocabulary or {group: ids};
     None reads it from `vocabulary`, else from the ground truth's category tags ("split" =
     base/novel, "frequency" = r/c/f for LVIS). `vocabulary`: the classes the detections were made
     with, checked against the ground truth; only its categories are scored. `image_ids`: the
@@ -295,7 +295,9 @@ def evaluate_detections(
     """
     where = where or ("ground truth" if isinstance(ground_truth, Mapping) else str(ground_truth))
     if isinstance(detections, (str, os.PathLike)):
-        loaded = read_detections(detections)
+        detections = read_detections(detections)
+    if isinstance(detections, DetectionsFile):
+        loaded = detections
         rows = loaded.detections
         if image_ids is None and loaded.image_ids is not None:
             image_ids = loaded.image_ids
