@@ -87,6 +87,21 @@ def test_unreadable_file_is_reported_and_the_next_one_read(tmp_path):
 
 # --- parsing -------------------------------------------------------------------------------
 
+def test_emoji_symbols_and_invisible_characters_are_not_part_of_concepts(tmp_path, parser):
+    # Issue 12.14: "🐱 cat", "🔺 triangle" and "\u200b circle" were three concepts beside
+    # "cat", "triangle" and "circle".
+    path = tmp_path / "c.txt"
+    path.write_text("🐱 cat\n🔺 triangle\n\u200b circle\nｃａｔ\n👍🏽\u200d\n1\ufe0f\u20e3 fire\u00adhydrant\n",
+                    encoding="utf-8")
+    captions, _, _ = _read([path])
+    assert [c.text for c in captions] == ["cat", "triangle", "circle", "cat", "1 firehydrant"]
+    counts = count_concepts([path], CountSettings(min_count=1))
+    assert {"cat", "triangle", "circle"} <= set(counts.counts.counts)
+    assert counts.counts.counts["cat"] == 2
+    assert all(name.isascii() for name in counts.counts.counts)
+    assert parser.parse(["A 🐶 dog next to a \u200bred ball 🎈."]) == [("dog", "ball")]
+
+
 def test_concepts_follow_the_paper_rules(parser):
     results = parser.parse([
         "Two fire hydrants stand near the dogs.",

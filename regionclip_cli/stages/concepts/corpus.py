@@ -12,6 +12,7 @@ import gzip
 import json
 import os
 import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -26,7 +27,7 @@ _WHITESPACE = re.compile(r"\s+")
 
 @dataclass(frozen=True)
 class Caption:
-    """One caption, whitespace-normalised, with the image it describes (if the input says)."""
+    """One caption, normalised by `normalise_text`, with the image it describes (if the input says)."""
 
     text: str
     image: str | int | None
@@ -74,8 +75,31 @@ class FileIdentity:
         return {"path": self.path, "size": self.size, "mtime_ns": self.mtime_ns}
 
 
-def normalise_whitespace(text: str) -> str:
-    return _WHITESPACE.sub(" ", text).strip()
+TEXT_NORMALISATION = "nfkc-no-symbols-1"
+"""Names the rules of `normalise_text`; part of the concepts checkpoint key, so counts made under
+other rules are not resumed."""
+
+_SPACED_CATEGORIES = frozenset({"So", "Sk", "Cc", "Cs", "Co", "Cn"})  # symbols, emoji, controls
+_INVISIBLE = re.compile("[\ufe00-\ufe0f\U000e0100-\U000e01ef\u20e3]")  # variation selectors, keycap
+
+
+def normalise_text(text: str) -> str:
+    """Caption text as the parser should see it: NFKC, no emoji, symbols or invisible characters.
+
+    Without this "🐱 cat", "🔺 triangle" and "\u200b circle" become concepts of their own beside
+    "cat", "triangle" and "circle". NFKC folds compatibility forms (full-width letters,
+    ligatures); format characters (Unicode Cf: zero-width spaces and joiners, soft hyphens),
+    variation selectors and the keycap mark vanish, as they sit inside words; emoji and other
+    symbols (So, Sk), controls and unassigned code points become spaces; whitespace runs collapse.
+    """
+    text = _INVISIBLE.sub("", unicodedata.normalize("NFKC", text))
+    kept = []
+    for ch in text:
+        category = unicodedata.category(ch)
+        if category == "Cf":
+            continue
+        kept.append(" " if category in _SPACED_CATEGORIES and not ch.isspace() else ch)
+    return _WHITESPACE.sub(" ", "".join(kept)).strip()
 
 
 def _open_binary(path: Path):
@@ -237,7 +261,7 @@ def read_captions(
 
         try:
             for text, image in READERS[detect_format(path)](path, report_line):
-                text = normalise_whitespace(text)
+                text = normalise_text(text)
                 if not text:
                     continue
                 if record >= skip:

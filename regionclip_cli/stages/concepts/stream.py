@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from regionclip_cli.stages.concepts.corpus import Caption, FileIdentity, Malformed, read_captions
+from regionclip_cli.stages.concepts.corpus import TEXT_NORMALISATION, Caption, FileIdentity, Malformed, read_captions
 from regionclip_cli.stages.concepts.counts import ConceptCounts, load_checkpoint, save_checkpoint
 from regionclip_cli.core.errors import RegionclipError
 from regionclip_cli.stages.concepts.parse import ConceptParser, ParseSettings, init_worker, parse_in_worker
@@ -53,6 +53,7 @@ def checkpoint_key(inputs: Sequence[FileIdentity], settings: CountSettings, spac
         "spacy_model": settings.parse.spacy_model,
         "spacy_model_version": spacy_version,
         "stop_words": sorted(settings.parse.stop_words),
+        "text_normalisation": TEXT_NORMALISATION,
         "min_count": settings.min_count,
         "examples_per_concept": settings.examples_per_concept,
     }
