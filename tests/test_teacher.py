@@ -64,3 +64,26 @@ def test_shipped_teacher_loads_strictly_and_retrieves_captions():
     # it recognises shapes: zero-shot on each image's largest shape, 20 classes (chance 0.05;
     # the shipped teacher scores ~0.15 on held-out images, the one before it 0.057)
     assert figures["zeroshot_accuracy"] > 0.1
+
+
+def test_teacher_command_never_writes_into_the_package(tmp_path, monkeypatch, cli):
+    """Issue 12.2: without --out the teacher goes to the current folder, not the installed package;
+    the shipped file and an existing --out are refused before any training."""
+    shipped = shipped_teacher_path()
+    before = shipped.stat().st_mtime_ns
+    code, _, err = cli("world", "teacher", "--out", shipped, "--steps", "1", "--naming-steps", "0", "-q")
+    assert code == 2 and "shipped inside the package" in err
+    existing = tmp_path / "taken.pt"
+    existing.write_bytes(b"keep")
+    code, _, err = cli("world", "teacher", "--out", existing, "--steps", "1", "-q")
+    assert code == 2 and "--overwrite" in err and existing.read_bytes() == b"keep"
+
+    monkeypatch.chdir(tmp_path)
+    trained = []
+    monkeypatch.setattr("regionclip_cli.synthetic.teacher.train_and_save",
+                        lambda path, config, device, progress: trained.append(path) or 0.0)
+    monkeypatch.setattr("regionclip_cli.cli.world._print_evaluation", lambda *args, **kwargs: None)
+    code, out, err = cli("world", "teacher", "-q")
+    assert code == 0, err
+    assert [p.resolve() for p in trained] == [(tmp_path / "world-tiny.pt").resolve()]
+    assert shipped.stat().st_mtime_ns == before

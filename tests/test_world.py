@@ -123,3 +123,45 @@ def test_min_object_size_sets_the_smallest_shape():
     assert min(default) < 30  # the default world keeps its small shapes
     with pytest.raises(RegionclipError, match="--min-object-size"):
         WorldConfig(min_object_size=200).check()
+
+
+def test_generate_refuses_a_non_empty_folder_and_overwrite_replaces_cleanly(tmp_path, cli):
+    """Issue 13.4: a second world into the same folder never leaves old images beside new annotations."""
+    out = tmp_path / "w"
+    generate_world(out, WorldConfig(num_images=5, seed=1, workers=1), progress=False)
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(RegionclipError, match="--overwrite"):
+        generate_world(out, WorldConfig(num_images=3, seed=2, workers=1), progress=False)
+    assert len(list((out / "images").glob("*.png"))) == 5  # untouched
+    code, _, err = cli("world", "generate", out, "--images", "3", "-q")
+    assert code == 2 and "--overwrite" in err
+
+    generate_world(out, WorldConfig(num_images=3, seed=2, workers=1), progress=False, overwrite=True)
+    coco = json.loads((out / "annotations.json").read_text())
+    assert sorted(p.name for p in (out / "images").iterdir()) == sorted(i["file_name"] for i in coco["images"])
+    assert len((out / "captions.jsonl").read_text().splitlines()) == 3
+    assert (out / "notes.txt").read_text() == "mine"  # not a world file: kept
+
+    (out / "images" / "photo.jpg").write_bytes(b"x")  # never deleted by --overwrite
+    with pytest.raises(RegionclipError, match="photo.jpg"):
+        generate_world(out, WorldConfig(num_images=2, seed=3, workers=1), progress=False, overwrite=True)
+    assert (out / "images" / "photo.jpg").exists()
+
+
+def test_progress_rate_is_the_mean_rate_of_bursty_work():
+    """Issue 12.17: a process pool hands back finished images 32 at a time; the bar's img/s must be
+    the real rate (items / elapsed time), not rich's estimate from the burst's microseconds."""
+    from rich.progress import Progress
+
+    from regionclip_cli.core.progress import RateColumn
+
+    clock = [0.0]
+    bar = Progress(RateColumn(), get_time=lambda: clock[0], disable=True)
+    task_id = bar.add_task("rendering", total=64, unit="img")
+    for burst_end in (2.0, 4.0):  # 32 images every 2 s: 16 img/s
+        clock[0] = burst_end
+        for _ in range(32):
+            clock[0] += 1e-6
+            bar.advance(task_id)
+    text = RateColumn().render(bar.tasks[0]).plain
+    assert text.startswith("16.0 img/s"), text

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -128,11 +130,47 @@ def coco_annotations(config: WorldConfig, items: list[tuple[int, tuple[WorldObje
     return {"info": info, "images": images, "annotations": annotations, "categories": categories}
 
 
-def generate_world(out_dir: str | os.PathLike, config: WorldConfig, progress: bool = True) -> WorldSummary:
-    """Write the world's images, annotations.json and captions.jsonl under `out_dir`."""
+WORLD_IMAGE_NAME = re.compile(r"\d{6}\.png")
+
+
+def _clear_world(out: Path, overwrite: bool) -> None:
+    """Make `out` ready for a new world: refuse a non-empty folder, or with `overwrite` remove the
+    files an earlier world wrote there, so no old image can sit beside the new annotations.
+
+    Files `generate` did not write (other names in images/) are never deleted: they stop the run.
+    """
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise RegionclipError(f"{out} is a file, not a folder; choose a folder for the world")
+    entries = sorted(p.name for p in out.iterdir())
+    if not entries:
+        return
+    if not overwrite:
+        shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+        raise RegionclipError(f"{out} is not empty ({shown}); pass --overwrite to replace the world in it, "
+                              f"or choose a new folder")
+    images_dir = out / "images"
+    if images_dir.is_dir():
+        foreign = sorted(p.name for p in images_dir.iterdir() if not WORLD_IMAGE_NAME.fullmatch(p.name))
+        if foreign:
+            raise RegionclipError(f"{images_dir} holds files a world does not write ({', '.join(foreign[:3])}); "
+                                  f"--overwrite only replaces a world: move them, or choose a new folder")
+        shutil.rmtree(images_dir)
+    for name in ("annotations.json", "captions.jsonl"):
+        (out / name).unlink(missing_ok=True)
+
+
+def generate_world(out_dir: str | os.PathLike, config: WorldConfig, progress: bool = True,
+                   overwrite: bool = False) -> WorldSummary:
+    """Write the world's images, annotations.json and captions.jsonl under `out_dir`.
+
+    A non-empty `out_dir` is refused unless `overwrite`, which replaces an earlier world there.
+    """
     config.check()
     start = time.perf_counter()
     out = Path(out_dir)
+    _clear_world(out, overwrite)
     images_dir = out / "images"
     images_dir.mkdir(parents=True, exist_ok=True)
     workers = config.workers or os.cpu_count() or 1
