@@ -285,3 +285,46 @@ def test_command_clean_input_exits_0_and_bad_input_is_a_usage_error(tmp_path):
     assert isinstance(missing.exception, RegionclipError) and missing.exception.exit_code == 2
     bad = runner.invoke(_app(), ["concepts", str(path), "--min-count", "0", "--no-embed"])
     assert bad.exit_code == 2
+
+
+# --- the embedding model comes from the inputs when they name it (issue 13.3) -------------------
+
+def test_world_captions_are_embedded_by_the_world_teacher(small_world, tmp_path):
+    from regionclip_cli.modeling.clip import file_sha256, shipped_weights
+    from regionclip_cli.stages.concepts.embed import EmbedSettings, model_from_inputs
+
+    captions = small_world / "captions.jsonl"
+    settings, origin = model_from_inputs(EmbedSettings(), [captions], tmp_path)
+    assert settings.model == "world-tiny" and "synthetic world" in origin
+    assert model_from_inputs(EmbedSettings(model="RN50"), [captions], tmp_path)[0].model == "RN50"
+    plain = tmp_path / "plain.txt"
+    plain.write_text("A dog.\n")
+    assert model_from_inputs(EmbedSettings(), [captions, plain], tmp_path) == (EmbedSettings(), None)
+    # A rerun into a folder keeps the model its pool was embedded with.
+    shipped = f"world-tiny@sha256:{file_sha256(shipped_weights('world-tiny'))[:16]}"
+    (tmp_path / "concepts.json").write_text(json.dumps({"model_identity": shipped}))
+    again, origin = model_from_inputs(EmbedSettings(), [plain], tmp_path)
+    assert again.model == "world-tiny" and "concepts.json" in origin
+
+
+@pytest.mark.slow
+def test_concepts_of_a_world_without_model_option_embed_with_world_tiny(small_world, tmp_path):
+    from regionclip_cli.stages.concepts import Callbacks, ConceptJob, EmbedSettings, build_concept_pool
+
+    chosen = []
+    report = build_concept_pool(
+        ConceptJob([small_world / "captions.jsonl"], tmp_path / "pool", CountSettings(min_count=1, workers=1),
+                   embed=EmbedSettings(templates="single", device="cpu", cache_dir=tmp_path / "cache")),
+        Callbacks(on_model=lambda name, origin: chosen.append(name)), progress=False)
+    assert chosen == ["world-tiny"] and report.model_identity.startswith("world-tiny@")
+
+
+def test_a_pool_embedded_with_other_weights_names_them(tmp_path):
+    from regionclip_cli.stages.concepts.embed import EmbedSettings, model_from_inputs
+
+    (tmp_path / "concepts.json").write_text(json.dumps({"model_identity": "RN50@pretrained:openai"}))
+    settings, _ = model_from_inputs(EmbedSettings(), [tmp_path / "c.txt"], tmp_path)
+    assert (settings.model, settings.pretrained) == ("RN50", "openai")
+    (tmp_path / "concepts.json").write_text(json.dumps({"model_identity": "RN50@sha256:0123456789abcdef"}))
+    with pytest.raises(RegionclipError, match="embedded with RN50@sha256:0123456789abcdef .*--weights"):
+        model_from_inputs(EmbedSettings(), [tmp_path / "c.txt"], tmp_path)

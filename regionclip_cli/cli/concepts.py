@@ -20,7 +20,7 @@ def concepts(
     workers: Annotated[int, typer.Option(min=1, help="spaCy processes (one per free CPU core).")] = max(1, min(4, os.cpu_count() or 1)),
     batch_size: Annotated[int, typer.Option(min=1, help="Captions per spaCy batch.")] = 512,
     embed: Annotated[bool, typer.Option("--embed/--no-embed", help="Also embed the pool with the text encoder of --model (needed by pseudolabel and pretrain).")] = True,
-    model: Annotated[Optional[str], typer.Option(help="open_clip model whose text encoder embeds the pool; must be the teacher used later (world-tiny: the synthetic world's). [default: RN50, or the model a --weights checkpoint names]", show_default=False)] = None,
+    model: Annotated[Optional[str], typer.Option(help="open_clip model whose text encoder embeds the pool; must be the teacher used later (world-tiny: the synthetic world's). [default: the model a --weights checkpoint names, the pool already in --out was embedded with, or world-tiny for a synthetic world's captions; else RN50]", show_default=False)] = None,
     pretrained: Annotated[Optional[str], typer.Option(help="open_clip pretrained tag, e.g. openai (downloads on a connected machine).")] = None,
     weights: Annotated[Optional[Path], typer.Option(help="Local weights: open_clip/PyTorch state dict, OpenAI .pt archive, or a regionclip checkpoint.")] = None,
     templates: Annotated[str, typer.Option(help="Prompts: ensemble (80 CLIP ImageNet templates + '{}.', as the paper), single ('a photo of a {}.'), or a file with one template per line.")] = "ensemble",
@@ -88,6 +88,7 @@ def concepts(
             on_unreadable=lambda reason: stderr_console.print(f"[red]failed[/] {reason}", highlight=False),
             on_resume=lambda n: stderr_console.print(f"resuming: {n:,} captions already counted in {out}"),
             on_progress=lambda n: bar.advance(task, n),
+            on_model=lambda name, origin: stderr_console.print(f"model: {name} (from {origin})", highlight=False),
         ), progress=not quiet)
     counting = report.counting
     counts = counting.counts

@@ -11,7 +11,13 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from regionclip_cli.stages.concepts.corpus import Malformed, check_inputs
-from regionclip_cli.stages.concepts.embed import EMBEDDINGS_FILE, EmbedSettings, embed_pool, load_embedder
+from regionclip_cli.stages.concepts.embed import (
+    EMBEDDINGS_FILE,
+    EmbedSettings,
+    embed_pool,
+    load_embedder,
+    model_from_inputs,
+)
 from regionclip_cli.stages.concepts.pool import PoolEntry, pool_document, select_concepts, vocabulary_index, write_pool
 from regionclip_cli.stages.concepts.stream import CountResult, CountSettings, count_concepts
 from regionclip_cli.core.errors import RegionclipError
@@ -51,6 +57,8 @@ class Callbacks:
     on_unreadable: Callable[[str], None] = lambda reason: None
     on_resume: Callable[[int], None] = lambda captions: None
     on_progress: Callable[[int], None] = lambda captions: None
+    on_model: Callable[[str, str], None] = lambda model, origin: None
+    """Called when the embedding model was taken from the inputs: (model, where it came from)."""
 
 
 def build_concept_pool(job: ConceptJob, callbacks: Callbacks = Callbacks(),
@@ -62,7 +70,12 @@ def build_concept_pool(job: ConceptJob, callbacks: Callbacks = Callbacks(),
     if not readable:
         raise RegionclipError("no readable caption files: " + "; ".join(missing or ["none given"]))
     vocabulary = vocabulary_index(job.vocab_filter) if job.vocab_filter else None
-    embedder = load_embedder(job.embed) if job.embed is not None else None
+    embedder = None
+    if job.embed is not None:
+        settings, origin = model_from_inputs(job.embed, readable, job.out_dir)
+        if origin is not None:
+            callbacks.on_model(settings.model, origin)
+        embedder = load_embedder(settings)
     job.out_dir.mkdir(parents=True, exist_ok=True)
 
     result = count_concepts(

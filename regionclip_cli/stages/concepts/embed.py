@@ -7,16 +7,23 @@ templates, and those stages refuse a mismatch (`regionclip_cli.modeling.text.che
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
+from regionclip_cli.core.errors import RegionclipError
+
 EMBEDDINGS_FILE = "concept_embeddings.pt"
+POOL_FILE = "concepts.json"
+WORLD_DESCRIPTION = "regionclip synthetic world"  # `info.description` of a world's annotations.json
+WORLD_MODEL = "world-tiny"
+_LARGEST_WORLD_ANNOTATIONS = 64 << 20  # bytes; a bigger annotations.json is no synthetic world
 
 
 @dataclass(frozen=True)
 class EmbedSettings:
-    model: str | None = None  # None: RN50, or the model a weights checkpoint names
+    model: str | None = None  # None: the model the inputs name (model_from_inputs), else RN50
     pretrained: str | None = None
     weights: Path | None = None
     templates: str = "ensemble"
@@ -38,6 +45,56 @@ class Embedder:
         return self.clip.identity
 
 
+def _is_world_captions(path: Path) -> bool:
+    annotations = path.parent / "annotations.json"
+    try:
+        if annotations.stat().st_size > _LARGEST_WORLD_ANNOTATIONS:
+            return False
+        info = json.loads(annotations.read_text(encoding="utf-8")).get("info") or {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return False
+    return isinstance(info, dict) and info.get("description") == WORLD_DESCRIPTION
+
+
+def _settings_from_identity(settings: EmbedSettings, identity: str, origin: str) -> EmbedSettings:
+    """The --model/--pretrained that reproduce a recorded model identity ("name@source")."""
+    from regionclip_cli.modeling.clip import file_sha256, shipped_weights
+
+    name, _, source = identity.partition("@")
+    if source.startswith("pretrained:"):
+        return replace(settings, model=name, pretrained=source[len("pretrained:"):])
+    shipped = shipped_weights(name)
+    if shipped is not None and source == f"sha256:{file_sha256(shipped)[:16]}":
+        return replace(settings, model=name)
+    raise RegionclipError(
+        f"{origin} was embedded with {identity} (local weights); pass the same --weights FILE, "
+        "or --model/--pretrained to embed the pool with another model"
+    )
+
+
+def model_from_inputs(settings: EmbedSettings, captions: Sequence[Path],
+                      out_dir: Path) -> tuple[EmbedSettings, str | None]:
+    """Without --model/--weights/--pretrained, the model the inputs name, and where it came from.
+
+    A rerun into a folder whose pool was embedded keeps that model (its embeddings stay in the
+    space pseudolabel and pretrain check against); captions of a synthetic world (a
+    captions.jsonl beside the world's annotations.json) are embedded by the world's teacher.
+    Otherwise the settings are returned unchanged (load_clip's default, RN50).
+    """
+    if settings.model or settings.weights or settings.pretrained:
+        return settings, None
+    pool = out_dir / POOL_FILE
+    try:
+        identity = json.loads(pool.read_text(encoding="utf-8")).get("model_identity")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        identity = None
+    if isinstance(identity, str) and "@" in identity:
+        return _settings_from_identity(settings, identity, str(pool)), f"the pool already in {pool}"
+    if captions and all(_is_world_captions(Path(p)) for p in captions):
+        return replace(settings, model=WORLD_MODEL), "the synthetic world the captions come from"
+    return settings, None
+
+
 def load_embedder(settings: EmbedSettings) -> Embedder:
     from regionclip_cli.core.devices import resolve_device
     from regionclip_cli.modeling.clip import load_clip
@@ -51,7 +108,6 @@ def load_embedder(settings: EmbedSettings) -> Embedder:
 
 def embed_pool(names: Sequence[str], embedder: Embedder, out_dir: Path, *, progress: bool = True) -> Path:
     """Embed `names` (one prompt per template, averaged) into OUT/concept_embeddings.pt."""
-    from regionclip_cli.core.errors import RegionclipError
     from regionclip_cli.modeling.text import embed_names, save_text_embeddings
 
     if not names:
