@@ -6,7 +6,7 @@
 The tensors are the ones a RegionCLIP student trains (RN50's image tower from layer2 on, the
 paper's freeze_at 2), with random gradients. Both variants run interleaved in one process, on
 their own copies of the parameters, and the median of the timed repeats is reported with the
-ratio; `pretraining.py` leaves the choice to torch's default (foreach on CUDA, not on CPU).
+ratio; the engine (`engine/optim.py`) leaves the choice to torch's default (foreach on CUDA, not on CPU).
 """
 
 from __future__ import annotations

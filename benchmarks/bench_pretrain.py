@@ -1,4 +1,4 @@
-"""Pretraining throughput: images/s of the real `RegionCLIPPretraining.step`, and where the time goes.
+"""Pretraining throughput: images/s of the real engine step (`Trainer.step` of a `PretrainTask`), and where the time goes.
 
 The paper trained RN50 at 800x1333 with 100 regions per image at about 3.5 images/s per V100
 (600k iterations x 96 images in 6 days on 32 GPUs); the issue's target is 30x that on one H100.
@@ -41,13 +41,17 @@ from unittest import mock
 import torch
 from PIL import Image, ImageDraw
 
-from regionclip_cli.stages.pretrain import pretraining as pretraining_module
+from regionclip_cli.stages.pretrain import batches as batches_module
+from regionclip_cli.stages.pretrain import task as task_module
 from regionclip_cli.modeling import region_encoder as region_encoder_module
 from regionclip_cli.modeling.clip import load_clip
-from regionclip_cli.stages.pretrain.recipe import DataSpec, PretrainRecipe, ProposalSpec, TeacherSpec, TrainRecipe
-from regionclip_cli.stages.pretrain.pretraining import RegionCLIPPretraining
+from regionclip_cli.stages.pretrain.recipe import (DataConfig, PretrainConfig, PretrainTrainConfig, ProposalsConfig,
+                                                   TeacherConfig)
+from regionclip_cli.stages.pretrain.task import PretrainTask
 from regionclip_cli.modeling.text import embed_names, save_text_embeddings
-from regionclip_cli.engine.training import DistributedContext
+from regionclip_cli.engine.distributed import DistributedContext
+from regionclip_cli.engine.loop import Trainer
+from regionclip_cli.engine.task import Runtime, autocast_dtype_for
 
 from machine import device_name, synchronize  # benchmarks/machine.py (scripts run from benchmarks/)
 
@@ -102,7 +106,7 @@ def write_image(path: Path, rng: random.Random) -> None:
     image.save(path, quality=90)
 
 
-def build_workspace(root: Path, args: argparse.Namespace, device: torch.device) -> tuple[PretrainRecipe, float]:
+def build_workspace(root: Path, args: argparse.Namespace, device: torch.device) -> tuple[PretrainConfig, float]:
     """Teacher weights, concept embeddings, images and captions; returns the recipe and embedding seconds."""
     torch.manual_seed(args.seed)  # same weights file every run, so embed_names' cache hits on reruns
     weights = root / "teacher.pt"
@@ -133,23 +137,30 @@ def build_workspace(root: Path, args: argparse.Namespace, device: torch.device) 
     captions = root / "captions.jsonl"
     captions.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
 
-    recipe = PretrainRecipe(
-        teacher=TeacherSpec(model=args.model, weights=weights),
+    recipe = PretrainConfig(
+        teacher=TeacherConfig(model=args.model, weights=weights),
         concepts=concepts,
-        data=DataSpec(images=images, captions=captions),
-        proposals=ProposalSpec(regions_per_image=args.regions),
-        train=TrainRecipe(iterations=args.warmup + args.steps + args.profile_steps + 2,
-                          batch_size=args.batch_size, min_size=args.min_size, max_size=args.max_size,
-                          amp=args.amp, channels_last=args.channels_last, seed=args.seed),
+        data=DataConfig(images=images, captions=captions),
+        proposals=ProposalsConfig(regions_per_image=args.regions),
+        train=PretrainTrainConfig(iterations=args.warmup + args.steps + args.profile_steps + 2,
+                                  batch_size=args.batch_size, min_size=args.min_size, max_size=args.max_size,
+                                  amp=args.amp, channels_last=args.channels_last, seed=args.seed),
         output=root / "run",
         device=str(device),
     )
     return recipe, embed_seconds
 
 
+def make_trainer(recipe: PretrainConfig, device: torch.device, log=lambda message: None) -> Trainer:
+    """The engine around a pretraining task, in this process."""
+    runtime = Runtime(DistributedContext(0, 1, device), autocast_dtype_for(recipe.train.amp, device))
+    task = PretrainTask.from_recipe(recipe, runtime, log)
+    return Trainer(task, runtime, train=recipe.train, optimizer=recipe.optimizer)
+
+
 # --- timing ------------------------------------------------------------------------------------
 
-def timed_step(run: RegionCLIPPretraining, iteration: int, device: torch.device) -> tuple[float, float, dict]:
+def timed_step(run: Trainer, iteration: int, device: torch.device) -> tuple[float, float, dict]:
     """(wall, process CPU) seconds of one step; the step itself reads its losses back, so it ends synced."""
     synchronize(device)
     start, start_cpu = time.perf_counter(), time.process_time()
@@ -226,9 +237,10 @@ class PhaseClock:
 
 
 @contextlib.contextmanager
-def instrumented(run: RegionCLIPPretraining, clock: PhaseClock) -> Iterator[None]:
+def instrumented(run: Trainer, clock: PhaseClock) -> Iterator[None]:
     """Patch the functions the step calls (this process only) so that each reports its phase."""
-    teacher_visual, student_visual = run.teacher.model.visual, run.student_visual
+    task = run.task
+    teacher_visual, student_visual = task.teacher.model.visual, task.student_visual
 
     def owner(visual_part) -> str:
         return "teacher" if visual_part is teacher_visual.attnpool or visual_part is teacher_visual.layer4 else "student"
@@ -269,33 +281,33 @@ def instrumented(run: RegionCLIPPretraining, clock: PhaseClock) -> Iterator[None
     original_attention_pool = region_encoder_module.attention_pool
     original_zero_grad = run.optimizer.zero_grad
     original_unscale = run.scaler.unscale_
-    student_trunk = marked(run.student.trunk, None, "bwd: student trunk")
+    student_trunk = marked(task.student.trunk, None, "bwd: student trunk")
     patches = [
         mock.patch.object(region_encoder_module, "roi_align", roi_align),
         mock.patch.object(region_encoder_module, "attention_pool", attention_pool),
-        mock.patch.object(pretraining_module, "load_image", clock.wrap(pretraining_module.load_image, "data: JPEG decode")),
-        mock.patch.object(pretraining_module, "resize_for_model",
-                          clock.wrap(pretraining_module.resize_for_model, "data: bicubic resize")),
-        mock.patch.object(pretraining_module, "to_model_tensor",
-                          clock.wrap(pretraining_module.to_model_tensor, "data: to tensor + normalise")),
-        mock.patch.object(pretraining_module, "pad_batch", clock.wrap(pretraining_module.pad_batch, "data: pad batch")),
-        mock.patch.object(pretraining_module, "assign_pseudo_labels",
-                          clock.wrap(pretraining_module.assign_pseudo_labels, "pseudo labels (teacher x pool)")),
-        mock.patch.object(pretraining_module, "region_concept_contrastive",
-                          clock.wrap(pretraining_module.region_concept_contrastive, "loss: region-concept")),
-        mock.patch.object(pretraining_module, "concept_distillation",
-                          clock.wrap(pretraining_module.concept_distillation, "loss: distillation")),
-        mock.patch.object(pretraining_module, "image_text_contrastive",
-                          clock.wrap(pretraining_module.image_text_contrastive, "loss: image-text")),
+        mock.patch.object(batches_module, "load_image", clock.wrap(batches_module.load_image, "data: JPEG decode")),
+        mock.patch.object(batches_module, "resize_for_model",
+                          clock.wrap(batches_module.resize_for_model, "data: bicubic resize")),
+        mock.patch.object(batches_module, "to_model_tensor",
+                          clock.wrap(batches_module.to_model_tensor, "data: to tensor + normalise")),
+        mock.patch.object(batches_module, "pad_batch", clock.wrap(batches_module.pad_batch, "data: pad batch")),
+        mock.patch.object(task_module, "concept_logits",
+                          clock.wrap(task_module.concept_logits, "pseudo labels (teacher x pool)")),
+        mock.patch.object(task_module, "region_concept_contrastive",
+                          clock.wrap(task_module.region_concept_contrastive, "loss: region-concept")),
+        mock.patch.object(task_module, "concept_distillation",
+                          clock.wrap(task_module.concept_distillation, "loss: distillation")),
+        mock.patch.object(task_module, "image_text_contrastive",
+                          clock.wrap(task_module.image_text_contrastive, "loss: image-text")),
         mock.patch.object(torch.nn.utils, "clip_grad_norm_",
                           clock.wrap(torch.nn.utils.clip_grad_norm_, "optimiser: grad-norm clip")),
-        mock.patch.object(run.batches, "build", clock.wrap(run.batches.build, "data: boxes, captions, other")),
-        mock.patch.object(run, "_caption_embeddings", clock.wrap(run._caption_embeddings, "text: caption encoding")),
-        mock.patch.object(run.teacher_encoder, "layer1", clock.wrap(run.teacher_encoder.layer1, "teacher trunk: stem + layer1")),
-        mock.patch.object(run.teacher_encoder, "trunk", clock.wrap(run.teacher_encoder.trunk, "teacher trunk")),
-        mock.patch.object(run.teacher_encoder, "pool", clock.wrap(run.teacher_encoder.pool, "teacher pool: other")),
-        mock.patch.object(run.student, "trunk", clock.wrap(student_trunk, "student trunk")),
-        mock.patch.object(run.student, "pool", clock.wrap(run.student.pool, "student pool: other")),
+        mock.patch.object(task.batches, "build", clock.wrap(task.batches.build, "data: boxes, captions, other")),
+        mock.patch.object(task, "_caption_embeddings", clock.wrap(task._caption_embeddings, "text: caption encoding")),
+        mock.patch.object(task.teacher_encoder, "layer1", clock.wrap(task.teacher_encoder.layer1, "teacher trunk: stem + layer1")),
+        mock.patch.object(task.teacher_encoder, "trunk", clock.wrap(task.teacher_encoder.trunk, "teacher trunk")),
+        mock.patch.object(task.teacher_encoder, "pool", clock.wrap(task.teacher_encoder.pool, "teacher pool: other")),
+        mock.patch.object(task.student, "trunk", clock.wrap(student_trunk, "student trunk")),
+        mock.patch.object(task.student, "pool", clock.wrap(task.student.pool, "student pool: other")),
         mock.patch.object(teacher_visual.layer4, "forward", clock.wrap(teacher_visual.layer4.forward, "teacher res5 (layer4)")),
         mock.patch.object(student_visual.layer4, "forward", clock.wrap(
             marked(student_visual.layer4.forward, "bwd: student RoIAlign", "bwd: student res5 (layer4)"),
@@ -331,7 +343,7 @@ def category_of(phase: str) -> str:
     return "other (copies, stats, glue)"
 
 
-def profile_phases(run: RegionCLIPPretraining, iterations: range, device: torch.device) -> tuple[dict, float]:
+def profile_phases(run: Trainer, iterations: range, device: torch.device) -> tuple[dict, float]:
     """Per-phase seconds per step, and the instrumented step's wall seconds per step."""
     clock = PhaseClock(device)
     total = 0.0
@@ -365,7 +377,7 @@ def print_profile(phases: dict[str, float], step_seconds: float, batch_size: int
     print_table("category", grouped, step_seconds, batch_size)
 
 
-def print_op_table(run: RegionCLIPPretraining, iteration: int, device: torch.device, rows: int) -> None:
+def print_op_table(run: Trainer, iteration: int, device: torch.device, rows: int) -> None:
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -376,7 +388,7 @@ def print_op_table(run: RegionCLIPPretraining, iteration: int, device: torch.dev
     print(prof.key_averages().table(sort_by=key, row_limit=rows))
 
 
-def count_flops(run: RegionCLIPPretraining, iteration: int, device: torch.device) -> int:
+def count_flops(run: Trainer, iteration: int, device: torch.device) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
@@ -385,16 +397,16 @@ def count_flops(run: RegionCLIPPretraining, iteration: int, device: torch.device
     return counter.get_total_flops()
 
 
-def unshortcut_run(recipe: PretrainRecipe, device: torch.device) -> RegionCLIPPretraining:
+def unshortcut_run(recipe: PretrainConfig, device: torch.device) -> Trainer:
     """The same run without its exact shortcuts: the teacher keeps separate batch norm layers
     and the student recomputes the stem and layer1 (the step before those were added)."""
-    with mock.patch.object(pretraining_module, "fold_batchnorm", lambda tower: 0):
-        run = RegionCLIPPretraining(recipe, DistributedContext(0, 1, device), log=lambda message: None)
-    run.shares_layer1 = False
+    with mock.patch.object(task_module, "fold_batchnorm", lambda tower: 0):
+        run = make_trainer(recipe, device)
+    run.task.shares_layer1 = False
     return run
 
 
-def compare_with_baseline(run: RegionCLIPPretraining, recipe: PretrainRecipe, device: torch.device,
+def compare_with_baseline(run: Trainer, recipe: PretrainConfig, device: torch.device,
                           first_iteration: int, steps: int) -> dict:
     """Median step times of `run` and of `unshortcut_run`, alternating step by step on the same
     iterations so both see the same load on a shared machine."""
@@ -432,7 +444,7 @@ def main() -> None:
         started = time.perf_counter()
         recipe, embed_seconds = build_workspace(Path(tmp), args, device)
         setup_seconds = time.perf_counter() - started
-        run = RegionCLIPPretraining(recipe, DistributedContext(0, 1, device), log=print)
+        run = make_trainer(recipe, device, log=print)
         print(f"{args.model} (random weights) teacher + student, {args.batch_size} images/step at "
               f"{args.min_size}x{args.max_size} (source {SOURCE_SIZE[0]}x{SOURCE_SIZE[1]} JPEGs, bicubic up), "
               f"{args.regions} regions/image + 1 whole-image box, {args.concepts} concepts; device {device} "

@@ -11,16 +11,18 @@ import pytest
 import torch
 import yaml
 
-from regionclip_cli.stages.pretrain import pretraining
+from regionclip_cli.engine.distributed import DistributedContext
+from regionclip_cli.engine.loop import Trainer
+from regionclip_cli.engine.recipe import load_recipe
+from regionclip_cli.engine.task import Runtime, autocast_dtype_for
 from regionclip_cli.modeling.checkpoints import load_checkpoint
 from regionclip_cli.modeling.clip import load_clip
-from regionclip_cli.stages.pretrain.recipe import PretrainRecipe
-from regionclip_cli.stages.pretrain.pretraining import RegionCLIPPretraining
-from regionclip_cli.engine.recipe import load_recipe
+from regionclip_cli.modeling.text import embed_names, save_text_embeddings
+from regionclip_cli.stages.pretrain import task as pretrain_task
+from regionclip_cli.stages.pretrain.recipe import PretrainConfig
+from regionclip_cli.stages.pretrain.task import PretrainTask
 from regionclip_cli.synthetic.categories import WORLD_CATEGORIES
 from regionclip_cli.synthetic.world import WorldConfig, generate_world
-from regionclip_cli.modeling.text import embed_names, save_text_embeddings
-from regionclip_cli.engine.training import DistributedContext
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +52,14 @@ def write_recipe(world: Path, out: Path, **train) -> Path:
     path = out.parent / f"{out.name}.yaml"
     path.write_text(yaml.safe_dump(recipe))
     return path
+
+
+def cpu_trainer(recipe: PretrainConfig) -> Trainer:
+    """The engine around a pretraining task in this process, on the CPU."""
+    cpu = torch.device("cpu")
+    runtime = Runtime(DistributedContext(0, 1, cpu), autocast_dtype_for(recipe.train.amp, cpu))
+    task = PretrainTask.from_recipe(recipe, runtime, log=lambda message: None)
+    return Trainer(task, runtime, train=recipe.train, optimizer=recipe.optimizer)
 
 
 def run_cli(*args, env=None):
@@ -155,19 +165,19 @@ def test_sigterm_saves_a_checkpoint_that_resumes(world, tmp_path):
 def test_folded_teacher_and_shared_layer1_change_nothing(world, tmp_path):
     """The step's exact shortcuts (teacher batch norm folded into its convolutions, the student
     taking the teacher's layer1 output) give the same losses and weights as the plain step."""
-    recipe = load_recipe(PretrainRecipe, write_recipe(world, tmp_path / "run"))
-    context = DistributedContext(0, 1, torch.device("cpu"))
-    fast = RegionCLIPPretraining(recipe, context, log=lambda message: None)
-    with mock.patch.object(pretraining, "fold_batchnorm", lambda tower: 0):
-        plain = RegionCLIPPretraining(recipe, context, log=lambda message: None)
-    plain.shares_layer1 = False
-    assert fast.shares_layer1
-    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.teacher.model.visual.modules())
+    recipe = load_recipe(PretrainConfig, write_recipe(world, tmp_path / "run"))
+    fast = cpu_trainer(recipe)
+    with mock.patch.object(pretrain_task, "fold_batchnorm", lambda tower: 0):
+        plain = cpu_trainer(recipe)
+    plain.task.shares_layer1 = False
+    assert fast.task.shares_layer1
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.task.teacher.model.visual.modules())
     for iteration in range(2):
         got, expected = fast.step(iteration), plain.step(iteration)
         for term in ("region_concept", "distillation", "image_text", "top1_prob", "kept_regions"):
             assert got[term] == pytest.approx(expected[term], rel=1e-4, abs=1e-5), term
-    for (name, a), b in zip(fast.student_visual.state_dict().items(), plain.student_visual.state_dict().values()):
+    for (name, a), b in zip(fast.task.student_visual.state_dict().items(),
+                            plain.task.student_visual.state_dict().values()):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=name)
 
 
@@ -194,16 +204,15 @@ def test_precomputed_pseudo_labels_train_like_labels_computed_on_the_fly(world, 
 
 def test_bf16_autocast_and_channels_last_step_close_to_fp32(world, tmp_path):
     """The mixed-precision path (bf16 autocast, channels_last) runs the same step as fp32, to bf16 precision."""
-    context = DistributedContext(0, 1, torch.device("cpu"))
     runs = {}
     for name, overrides in {"fp32": ["train.amp=off"], "bf16": ["train.amp=bf16", "train.channels_last=true"]}.items():
-        recipe = load_recipe(PretrainRecipe, write_recipe(world, tmp_path / name), overrides)
-        runs[name] = RegionCLIPPretraining(recipe, context, log=lambda message: None)
-    assert runs["bf16"].autocast_dtype == torch.bfloat16 and runs["fp32"].autocast_dtype is None
+        recipe = load_recipe(PretrainConfig, write_recipe(world, tmp_path / name), overrides)
+        runs[name] = cpu_trainer(recipe)
+    assert runs["bf16"].runtime.autocast_dtype == torch.bfloat16 and runs["fp32"].runtime.autocast_dtype is None
     for iteration in range(2):
         full, mixed = runs["fp32"].step(iteration), runs["bf16"].step(iteration)
         for term in ("region_concept", "distillation", "image_text", "top1_prob"):
             assert mixed[term] == pytest.approx(full[term], rel=0.1, abs=0.05), (term, mixed, full)
-    student = runs["bf16"].student_visual
+    student = runs["bf16"].task.student_visual
     assert all(p.dtype == torch.float32 for p in student.parameters())
     assert student.layer4[0].conv1.weight.is_contiguous(memory_format=torch.channels_last)

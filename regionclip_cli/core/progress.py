@@ -1,7 +1,8 @@
 """Progress bars for long work: items done, rate (items/s), elapsed and remaining time.
 
 Rich renders to stderr, so stdout stays clean for machine-readable output; on a non-terminal
-(CI, a log file) rich prints nothing transient.
+(CI, a log file) rich prints nothing transient. The counts, rate and times never wrap or shrink:
+a narrow terminal cuts the bar and the free-text status column first.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.table import Column
 from rich.text import Text
 
 stderr_console = Console(stderr=True, soft_wrap=True)  # one message, one line: never wrapped
@@ -36,15 +38,20 @@ class RateColumn(ProgressColumn):
         return Text(f"{speed:,.1f} {unit}/s" if speed else f"-- {unit}/s", style="progress.data.speed")
 
 
+def _fixed() -> Column:
+    return Column(no_wrap=True)
+
+
 def progress_bar(*, disable: bool = False) -> Progress:
     return Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        RateColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[status]}"),
+        TextColumn("[progress.description]{task.description}", table_column=_fixed()),
+        BarColumn(bar_width=None, table_column=Column(ratio=1, min_width=4)),
+        MofNCompleteColumn(table_column=_fixed()),
+        RateColumn(table_column=_fixed()),
+        TimeElapsedColumn(table_column=_fixed()),
+        TimeRemainingColumn(table_column=_fixed()),
+        TextColumn("{task.fields[status]}", table_column=Column(ratio=1, no_wrap=True, overflow="ellipsis")),
         console=stderr_console,
         disable=disable,
+        expand=True,
     )

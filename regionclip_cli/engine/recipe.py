@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import json
 import types
 import typing
 from pathlib import Path
@@ -181,23 +182,83 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-def load_recipe(cls: type[T], path: str | Path, overrides: typing.Sequence[str] = ()) -> T:
-    """Read a YAML recipe (safe loader), apply overrides, and check it against `cls`."""
+def load_recipe(cls: type[T], path: str | Path, overrides: typing.Sequence[str] = (),
+                origin_name: str | None = None) -> T:
+    """Read a YAML recipe (safe loader), apply overrides, and check it against `cls`.
+
+    `origin_name` is how errors name the file (default: its path).
+    """
     import yaml
 
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"{path}: no such recipe file")
+    name = origin_name or str(path)
     try:
         data = _parse_yaml(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
-        raise RecipeError(f"{path}{line}: not valid YAML ({getattr(error, 'problem', error)})") from None
+        raise RecipeError(f"{name}{line}: not valid YAML ({getattr(error, 'problem', error)})") from None
     if not isinstance(data, dict):
-        raise RecipeError(f"{path}: a recipe is a mapping of sections, got {type(data).__name__}")
+        raise RecipeError(f"{name}: a recipe is a mapping of sections, got {type(data).__name__}")
     data = apply_overrides(data, list(overrides))
-    return build(cls, data, origin_name=str(path))
+    return build(cls, data, origin_name=name)
+
+
+def builtin_recipes() -> dict[str, Path]:
+    """The recipes shipped inside the package (regionclip_cli/recipes/*.yaml), by name."""
+    folder = Path(__file__).resolve().parent.parent / "recipes"
+    return {path.stem: path for path in sorted(folder.glob("*.yaml"))}
+
+
+def find_recipe(name_or_path: str | Path) -> tuple[Path, str]:
+    """(file, how errors name it) for a recipe path or the name of a built-in recipe.
+
+    An existing file wins over a built-in of the same name. Relative paths inside any recipe are
+    resolved against the current folder, as the run's own outputs are.
+    """
+    path = Path(name_or_path)
+    if path.is_file():
+        return path, str(path)
+    shipped = builtin_recipes()
+    name = path.name.removesuffix(".yaml")
+    if name in shipped and path.parent == Path("."):
+        return shipped[name], f"built-in recipe {name}"
+    close = difflib.get_close_matches(name, list(shipped), n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise RecipeError(f"{path}: no such recipe file or built-in recipe; {hint}built-in: {', '.join(shipped)}")
+
+
+def recipe_keys(cls: type) -> list[tuple[str, str, str]]:
+    """(dotted key, type, default) of every setting of recipe class `cls`, in schema order."""
+    rows = []
+    hints = get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            rows += [(f"{f.name}.{key}", kind, default) for key, kind, default in recipe_keys(tp)]
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            rows.append((f.name, _type_name(tp), "(required)"))
+            continue
+        plain = to_plain(default)
+        rows.append((f.name, _type_name(tp), plain if isinstance(plain, str) else json.dumps(plain)))
+    return rows
+
+
+def key_origin(origin_name: str, overrides: typing.Sequence[str] = ()) -> typing.Callable[[str], str]:
+    """A function naming where a recipe key's value came from: its `--set`, else the file."""
+    overridden = {item.partition("=")[0].strip() for item in overrides}
+
+    def origin(key: str) -> str:
+        return f"--set {key}" if key in overridden else f"{origin_name}: {key}"
+
+    return origin
 
 
 def to_plain(recipe: Any) -> Any:

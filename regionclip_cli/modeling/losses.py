@@ -7,28 +7,18 @@ region i (the teacher's best concept).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
 PAPER_TEMPERATURE = 0.01
 
 
-@dataclass(frozen=True)
-class LossWeights:
-    """Weight of each term; 0 switches a term off (and skips its computation)."""
-
-    region_concept: float = 1.0
-    distillation: float = 1.0
-    image_text: float = 1.0
-
-
 def region_concept_contrastive(regions: torch.Tensor, concepts: torch.Tensor, labels: torch.Tensor,
                                temperature: float = PAPER_TEMPERATURE,
                                candidate_labels: torch.Tensor | None = None,
                                keep: torch.Tensor | None = None,
-                               candidate_keep: torch.Tensor | None = None) -> torch.Tensor:
+                               candidate_keep: torch.Tensor | None = None,
+                               reduction: str = "mean") -> torch.Tensor:
     """Region-concept contrastive loss L_cntrst (multiple-instance cross-entropy).
 
     The candidate concepts are the pseudo labels of the batch's regions, one per region, so a
@@ -44,12 +34,14 @@ def region_concept_contrastive(regions: torch.Tensor, concepts: torch.Tensor, la
 
     `keep` [N] and `candidate_keep` [M] (default: all; `candidate_keep` defaults to `keep` when
     the candidates are the regions' own labels) leave out the regions whose pseudo label is not
-    confident: such a region adds nothing and its label is no candidate. Masks rather than
-    indexing keep every shape fixed, so a GPU step never waits to learn how many regions passed.
-    Returns the mean over the kept regions (0 when there are none, still differentiable).
+    confident: such a region adds nothing and its label is no candidate. `candidate_keep` may
+    also be [N, M], one candidate set per region (e.g. only the candidates of its loss group).
+    Masks rather than indexing keep every shape fixed, so a GPU step never waits to learn how
+    many regions passed. Returns the mean over the kept regions (0 when there are none, still
+    differentiable), or with `reduction="none"` each region's L_i (0 for left-out regions).
     """
     if labels.numel() == 0:
-        return regions.sum() * 0.0
+        return regions.sum(dim=1) * 0.0 if reduction == "none" else regions.sum() * 0.0
     if candidate_labels is None:
         candidate_labels, candidate_keep = labels, keep
     if keep is None:
@@ -60,26 +52,49 @@ def region_concept_contrastive(regions: torch.Tensor, concepts: torch.Tensor, la
     # A finite fill: a left-out region may have no positive at all, and -inf would turn its
     # (discarded) row into NaN gradients.
     hidden = torch.finfo(logits.dtype).min
-    logits = logits.masked_fill(~candidate_keep[None, :], hidden)
-    positive = (labels[:, None] == candidate_labels[None, :]) & candidate_keep[None, :]
+    candidates = candidate_keep if candidate_keep.dim() == 2 else candidate_keep[None, :]
+    logits = logits.masked_fill(~candidates, hidden)
+    positive = (labels[:, None] == candidate_labels[None, :]) & candidates
     log_all = torch.logsumexp(logits, dim=1)
     log_pos = torch.logsumexp(logits.masked_fill(~positive, hidden), dim=1)
     per_region = torch.where(keep, log_all - log_pos, 0.0)
+    if reduction == "none":
+        return per_region
     return per_region.sum() / keep.sum().clamp(min=1)
 
 
 def concept_distillation(student_regions: torch.Tensor, teacher_regions: torch.Tensor,
-                         concepts: torch.Tensor, temperature: float = PAPER_TEMPERATURE) -> torch.Tensor:
+                         concepts: torch.Tensor, temperature: float = PAPER_TEMPERATURE,
+                         reduction: str = "batchmean") -> torch.Tensor:
     """Concept distillation L_dist = mean_i KL(q_i || p_i) over the whole concept pool.
 
         q_i = softmax_k(t_i . c_k / tau)  (teacher),   p_i = softmax_k(r_i . c_k / tau)  (student)
         KL(q || p) = sum_k q_k (log q_k - log p_k)
+
+    `reduction="none"` gives each region's KL(q_i || p_i) [N].
     """
     if student_regions.shape[0] == 0:
-        return student_regions.sum() * 0.0
+        return student_regions.sum(dim=1) * 0.0 if reduction == "none" else student_regions.sum() * 0.0
     log_p = F.log_softmax(student_regions @ concepts.t() / temperature, dim=1)
     log_q = F.log_softmax(teacher_regions @ concepts.t() / temperature, dim=1)
+    if reduction == "none":
+        return F.kl_div(log_p, log_q, log_target=True, reduction="none").sum(dim=1)
     return F.kl_div(log_p, log_q, log_target=True, reduction="batchmean")
+
+
+def group_mean(values: torch.Tensor, mask: torch.Tensor, groups: torch.Tensor,
+               group_counts: torch.Tensor) -> torch.Tensor:
+    """The mean over groups of each group's mean of `values` over its `mask`ed items.
+
+        L = 1/|G+| sum_{g in G+} 1/n_g sum_{i in g, mask_i} v_i,   G+ = groups with n_g > 0
+
+    `groups` [N] is each item's group, `group_counts` [num_groups] the masked items per group
+    (over every process, when the items are spread over several); with items of one process only,
+    this is that process's share of L, and the shares sum to L.
+    """
+    scale = group_counts.to(values.dtype)[groups].clamp(min=1)
+    share = torch.where(mask, values / scale, 0.0).sum()
+    return share / (group_counts > 0).sum().clamp(min=1).to(values.dtype)
 
 
 class _GatherWithGrad(torch.autograd.Function):

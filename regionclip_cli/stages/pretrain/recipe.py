@@ -1,7 +1,8 @@
 """The pretraining recipe: every setting of `regionclip pretrain`, typed and checked up front.
 
-Defaults are the paper's RN50 settings (PAPER_NOTES.md, "Pretraining setup"); the shipped
-`recipes/` override what differs (the synthetic world trains a tiny model for minutes).
+Defaults are the paper's RN50 settings (PAPER_NOTES.md, "Pretraining setup"); the built-in
+recipes (regionclip_cli/recipes/, `regionclip pretrain --show-recipe NAME`) override what differs
+(the synthetic world trains a tiny model).
 """
 
 from __future__ import annotations
@@ -10,9 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
 
+from regionclip_cli.engine.config import OptimizerConfig, TrainConfig
+
 
 @dataclass(frozen=True)
-class TeacherSpec:
+class TeacherConfig:
     """The frozen CLIP teacher: open_clip name + pretrained tag, or a local weights file."""
 
     model: str = "RN50"
@@ -21,7 +24,7 @@ class TeacherSpec:
 
 
 @dataclass(frozen=True)
-class StudentSpec:
+class StudentConfig:
     """The student visual encoder; initialised from the teacher unless weights are given."""
 
     weights: Optional[Path] = None
@@ -33,7 +36,7 @@ class StudentSpec:
 
 
 @dataclass(frozen=True)
-class DataSpec:
+class DataConfig:
     """Images and their captions: a captions JSONL ({"file": ..., "captions": [...]}) or COCO captions JSON."""
 
     images: Path
@@ -41,7 +44,7 @@ class DataSpec:
 
 
 @dataclass(frozen=True)
-class ProposalSpec:
+class ProposalsConfig:
     source: Literal["random", "file"] = "random"
     file: Optional[Path] = None  # boxes file when source is "file" (same formats as zeroshot --boxes)
     regions_per_image: int = 100
@@ -56,77 +59,80 @@ class ProposalSpec:
 
 
 @dataclass(frozen=True)
-class PseudoLabelRecipe:
+class PseudoLabelsConfig:
+    """A region joins the region-concept loss if the teacher's top-1 probability exceeds
+    `threshold`; where no region of a loss group does, all of the group's regions join."""
+
     threshold: float = 0.1
     precomputed: Optional[Path] = None  # a folder written by `regionclip pseudolabel`; else on the fly
 
 
 @dataclass(frozen=True)
-class LossRecipe:
-    """Weights of the three losses (0 switches one off) and the student's temperature."""
+class LossesConfig:
+    """Weights of the three losses (0 switches one off), the student's temperature, and scopes.
+
+    group_images: images per loss group. The original trains 3 images per GPU (96 on 32 GPUs) and
+    takes, within each GPU's batch, the region-concept candidates, the "keep all when none pass"
+    fallback and the means of both region losses, then averages the per-GPU means. Here groups of
+    `group_images` consecutive images of the global batch play that part, whatever the number of
+    processes (null: the whole global batch is one group). Default 3: the setting the paper's
+    results come from; a batch that is not a multiple leaves a smaller last group.
+    distillation_regions: `kept` distils on the regions that pass the pseudo-label threshold,
+    as the original (clip_rcnn.py:584-594, filtered at :659); `all` on every proposed region.
+    """
 
     region_concept: float = 1.0
     distillation: float = 1.0
     image_text: float = 1.0
     temperature: float = 0.01
+    group_images: Optional[int] = 3
+    distillation_regions: Literal["kept", "all"] = "kept"
 
     def __post_init__(self) -> None:
         if min(self.region_concept, self.distillation, self.image_text) < 0:
             raise ValueError("loss weights must be >= 0")
         if self.region_concept == self.distillation == self.image_text == 0:
             raise ValueError("all loss weights are 0: nothing to train")
+        if self.group_images is not None and self.group_images < 1:
+            raise ValueError("losses.group_images must be at least 1 (or null: the whole batch)")
 
 
 @dataclass(frozen=True)
-class OptimizerRecipe:
-    name: Literal["sgd", "adamw"] = "sgd"
-    lr: float = 0.002
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    warmup_iterations: int = 1000
-    warmup_factor: float = 0.001
-    steps: list[int] = field(default_factory=lambda: [300000, 525000])
-    gamma: float = 0.1
-    clip_grad_norm: Optional[float] = 5.0
+class PretrainTrainConfig(TrainConfig):
+    """The engine's loop settings plus pretraining's input pipeline."""
 
-
-@dataclass(frozen=True)
-class TrainRecipe:
-    iterations: int = 600000
-    batch_size: int = 96  # global: split evenly over the processes of a torchrun launch
     min_size: int = 800
     max_size: int = 1333
     hflip: bool = True
-    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, off on CPU
     channels_last: bool = False
-    seed: int = 0
-    checkpoint_every: int = 5000
-    log_every: int = 20
     loader_workers: int = 2
 
     def __post_init__(self) -> None:
-        if self.iterations < 1 or self.batch_size < 1:
-            raise ValueError("train.iterations and train.batch_size must be at least 1")
+        super().__post_init__()
         if self.max_size < self.min_size:
             raise ValueError("train.max_size must be >= train.min_size")
 
 
 @dataclass(frozen=True)
-class PretrainRecipe:
-    teacher: TeacherSpec
+class PretrainConfig:
+    teacher: TeacherConfig
     concepts: Path  # concept_embeddings.pt written by `regionclip concepts` for the teacher
-    data: DataSpec
-    student: StudentSpec = field(default_factory=StudentSpec)
-    proposals: ProposalSpec = field(default_factory=ProposalSpec)
-    pseudo_labels: PseudoLabelRecipe = field(default_factory=PseudoLabelRecipe)
-    losses: LossRecipe = field(default_factory=LossRecipe)
-    optimizer: OptimizerRecipe = field(default_factory=OptimizerRecipe)
-    train: TrainRecipe = field(default_factory=TrainRecipe)
+    data: DataConfig
+    student: StudentConfig = field(default_factory=StudentConfig)
+    proposals: ProposalsConfig = field(default_factory=ProposalsConfig)
+    pseudo_labels: PseudoLabelsConfig = field(default_factory=PseudoLabelsConfig)
+    losses: LossesConfig = field(default_factory=LossesConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    train: PretrainTrainConfig = field(default_factory=PretrainTrainConfig)
     output: Path = Path("runs/pretrain")
     device: str = "auto"
 
 
-def input_files(recipe: PretrainRecipe) -> list[tuple[str, Path]]:
+# Settings a resumed run may take from a changed recipe (besides the engine's).
+RESUMABLE_CHANGES = ("train.loader_workers", "output")
+
+
+def input_files(recipe: PretrainConfig) -> list[tuple[str, Path]]:
     """(key, path) of every file or folder the recipe needs, to check before any work starts."""
     files = [("concepts", recipe.concepts), ("data.images", recipe.data.images),
              ("data.captions", recipe.data.captions)]
