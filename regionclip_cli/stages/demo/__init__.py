@@ -1,0 +1,1 @@
+"""The demo: every stage on the built-in world, then teacher vs student on held-out images."""
