@@ -12,6 +12,7 @@ import typer
 
 from regionclip_cli import __version__
 from regionclip_cli.cli import concepts, evaluate, planned, pretrain, pseudolabel, world, zeroshot
+from regionclip_cli.cli.help import RootGroup
 from regionclip_cli.core.errors import RegionclipError
 
 app = typer.Typer(
@@ -19,13 +20,15 @@ app = typer.Typer(
     help=(
         "RegionCLIP: region-based language-image pretraining and open-vocabulary detection.\n\n"
         "Stages, in order: concepts → pseudolabel → pretrain → finetune; zeroshot recognises "
-        "regions with any CLIP model and any vocabulary; ablate compares recipes. "
+        "regions with any CLIP model and any vocabulary; evaluate scores detections against a "
+        "ground truth; ablate compares recipes. "
         "Run `regionclip COMMAND --help` for each."
     ),
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
+    rich_markup_mode=None,  # plain click help: see cli/help.py
+    cls=RootGroup,
 )
 
 

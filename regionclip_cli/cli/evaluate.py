@@ -26,8 +26,9 @@ def evaluate(
     random_baseline: Annotated[bool, typer.Option("--random-baseline", help="Also show each metric for uniformly random scores on the ground-truth boxes of the same images.")] = False,
     out: Annotated[Optional[Path], typer.Option(help="Write the metrics and the inputs to this JSON file.")] = None,
 ) -> None:
-    """Detection AP against a ground truth: COCO AP/AP50 (novel/base/all for split
-    vocabularies) or LVIS AP, APr/APc/APf.
+    """Score detections against a COCO or LVIS ground truth.
+
+    COCO AP/AP50 (AP50 novel/base/all for split vocabularies) or LVIS AP and APr/APc/APf.
 
     Files that do not belong together are refused, never scored low: image ids or category ids
     the ground truth does not have, or class names that differ from the ground truth's at the
