@@ -216,3 +216,137 @@ def test_bf16_autocast_and_channels_last_step_close_to_fp32(world, tmp_path):
     student = runs["bf16"].task.student_visual
     assert all(p.dtype == torch.float32 for p in student.parameters())
     assert student.layer4[0].conv1.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+# --- loss scopes as the original (issue 9 item 5) -------------------------------------------------
+
+def region_inputs(images: int, regions: int, concepts: int = 6, seed: int = 0, pass_rate: float = 0.6):
+    generator = torch.Generator().manual_seed(seed)
+    n = images * regions
+    unit = lambda *shape: torch.nn.functional.normalize(torch.randn(*shape, generator=generator, dtype=torch.float64), dim=-1)
+    student, teacher, pool = unit(n, 8), unit(n, 8), unit(concepts, 8)
+    labels = torch.randint(concepts, (n,), generator=generator)
+    passed = torch.rand(n, generator=generator) < pass_rate
+    return student, teacher, pool, labels, passed
+
+
+def scoped_losses(student, teacher, pool, labels, passed, *, images, regions, group, distill="kept",
+                  positions=None, dist=None):
+    from regionclip_cli.stages.pretrain.recipe import LossesConfig
+    from regionclip_cli.stages.pretrain.task import LossGroups, keep_by_group, pretraining_losses
+
+    dist = dist or DistributedContext(0, 1, torch.device("cpu"))
+    positions = positions if positions is not None else list(range(images))
+    groups = LossGroups.build(positions, [regions] * len(positions), regions_per_image=regions,
+                              batch_size=images, group_images=group, device=torch.device("cpu"))
+    keep = keep_by_group(passed, groups, dist)
+    config = LossesConfig(image_text=0.0, temperature=0.1, group_images=group, distillation_regions=distill)
+    return pretraining_losses(student, teacher, pool, labels, keep, groups, config, dist), keep
+
+
+def test_distillation_runs_over_the_kept_regions_only():
+    """The original distils on the kept regions (clip_rcnn.py:584-594, filtered at :659)."""
+    from regionclip_cli.modeling.losses import concept_distillation
+
+    student, teacher, pool, labels, passed = region_inputs(images=3, regions=10)
+    kept, keep = scoped_losses(student, teacher, pool, labels, passed, images=3, regions=10, group=3)
+    every, _ = scoped_losses(student, teacher, pool, labels, passed, images=3, regions=10, group=3, distill="all")
+    assert 0 < keep.sum() < len(keep)
+    expected = concept_distillation(student[keep], teacher[keep], pool, 0.1)
+    assert kept["distillation"].item() == pytest.approx(expected.item(), rel=1e-9)
+    assert every["distillation"].item() == pytest.approx(concept_distillation(student, teacher, pool, 0.1).item())
+    assert abs(kept["distillation"].item() - every["distillation"].item()) > 1e-3
+    print(f"distillation: all regions {every['distillation'].item():.4f}, kept {kept['distillation'].item():.4f}")
+
+
+def test_region_concept_contrast_is_the_mean_of_per_group_means():
+    """The original contrasts within one GPU's 3 images and averages the per-GPU means; at
+    8 x 3 images that differs from contrasting over the whole batch."""
+    from regionclip_cli.modeling.losses import region_concept_contrastive
+
+    images, regions = 24, 10
+    student, teacher, pool, labels, passed = region_inputs(images=images, regions=regions, seed=1)
+    grouped, keep = scoped_losses(student, teacher, pool, labels, passed, images=images, regions=regions, group=3)
+    whole, whole_keep = scoped_losses(student, teacher, pool, labels, passed, images=images, regions=regions,
+                                      group=None)
+    per_group = []
+    for g in range(8):
+        rows = slice(g * 3 * regions, (g + 1) * 3 * regions)
+        per_group.append(region_concept_contrastive(student[rows], pool, labels[rows], 0.1, keep=keep[rows]))
+    assert grouped["region_concept"].item() == pytest.approx(torch.stack(per_group).mean().item(), rel=1e-9)
+    expected_whole = region_concept_contrastive(student, pool, labels, 0.1, keep=whole_keep)
+    assert whole["region_concept"].item() == pytest.approx(expected_whole.item(), rel=1e-9)
+    assert abs(grouped["region_concept"].item() - whole["region_concept"].item()) > 0.05
+    print(f"region-concept at 8 x 3 images: whole batch {whole['region_concept'].item():.4f}, "
+          f"groups of 3 {grouped['region_concept'].item():.4f}")
+
+
+def test_keep_all_when_none_pass_is_decided_per_group():
+    """Within a group, an image none of whose regions pass stays out when another image's pass;
+    a group where nothing passes keeps all its regions (clip_rcnn.py:637-661, per GPU batch)."""
+    student, teacher, pool, labels, _ = region_inputs(images=6, regions=10)
+    passed = torch.zeros(60, dtype=torch.bool)
+    passed[:10] = True  # group 0 (images 0-2): only image 0 passes; group 1 (images 3-5): none
+    _, keep = scoped_losses(student, teacher, pool, labels, passed, images=6, regions=10, group=3)
+    assert keep[:10].all() and not keep[10:30].any() and keep[30:].all()
+
+
+def test_precomputed_labels_drop_the_per_image_fallback():
+    """`pseudolabel` files keep all regions of an image none of whose regions pass (per image);
+    pretraining decides that per loss group: 40 kept regions there, 10 here."""
+    from regionclip_cli.stages.pretrain.batches import _passed
+    from regionclip_cli.stages.pretrain.task import LossGroups, keep_by_group
+
+    threshold = 0.1
+    records = [[{"keep": True, "score": 0.5}] * 10, [{"keep": True, "score": 0.05}] * 10,
+               [{"keep": True, "score": 0.02}] * 10]  # images 2 and 3: the file's per-image fallback
+    file_keep = torch.tensor([r["keep"] for image in records for r in image])
+    passed = torch.tensor([_passed(r, threshold) for image in records for r in image])
+    groups = LossGroups.build([0, 1, 2], [10, 10, 10], regions_per_image=10, batch_size=3, group_images=3,
+                              device=torch.device("cpu"))
+    keep = keep_by_group(passed, groups, DistributedContext(0, 1, torch.device("cpu")))
+    assert int(file_keep.sum()) == 30 and int(keep.sum()) == 10
+
+
+def _two_process_losses(rank, world, store, inputs, out):
+    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    try:
+        student, teacher, pool, labels, passed = inputs
+        per_rank, regions = 6 // world, 10
+        rows = slice(rank * per_rank * regions, (rank + 1) * per_rank * regions)
+        dist = DistributedContext(rank, world, torch.device("cpu"))
+        results = {}
+        for group in GROUP_OPTIONS:
+            mine = student[rows].clone().requires_grad_(True)
+            terms, _ = scoped_losses(mine, teacher[rows], pool, labels[rows], passed[rows], images=6,
+                                     regions=regions, group=group, dist=dist,
+                                     positions=list(range(rank * per_rank, (rank + 1) * per_rank)))
+            sum(terms.values()).backward()
+            results[str(group)] = {"terms": {k: v.detach() for k, v in terms.items()}, "grad": mine.grad}
+        torch.save(results, f"{out}.{rank}")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+GROUP_OPTIONS = (4, None)  # groups of 4 over 2 processes x 3 images straddle the processes
+
+
+@pytest.mark.slow  # two spawned processes: ~35 s on a loaded 2-core machine
+def test_loss_groups_on_two_processes_equal_one_process(tmp_path):
+    """Region losses, keep rule and gradients of 2 processes equal one process's, per group option."""
+    import torch.multiprocessing as mp
+
+    inputs = region_inputs(images=6, regions=10, seed=3, pass_rate=0.3)
+    inputs[4][30:40] = False  # image 3 passes nothing: its group decides
+    mp.spawn(_two_process_losses, args=(2, tmp_path / "store", inputs, tmp_path / "out"), nprocs=2)
+    parts = [torch.load(tmp_path / f"out.{rank}", weights_only=True) for rank in range(2)]
+    for group in GROUP_OPTIONS:
+        single_student = inputs[0].clone().requires_grad_(True)
+        single, _ = scoped_losses(single_student, *inputs[1:], images=6, regions=10, group=group)
+        sum(single.values()).backward()
+        shares = [p[str(group)] for p in parts]
+        for name, value in single.items():
+            mean = torch.stack([p["terms"][name] for p in shares]).mean().item()
+            assert mean == pytest.approx(value.item(), rel=1e-9), (group, name)
+        grads = torch.cat([p["grad"] for p in shares]) / 2  # DDP averages the processes' gradients
+        torch.testing.assert_close(grads, single_student.grad, rtol=1e-9, atol=1e-12)
