@@ -72,3 +72,65 @@ def test_save_picture_writes_the_format_of_the_suffix(tmp_path, suffix):
 def test_save_picture_rejects_unknown_suffix(tmp_path):
     with pytest.raises(RegionclipError, match="use .jpg or .png"):
         save_picture(Image.new("RGB", (4, 4)), tmp_path / "picture.xyz")
+
+
+def test_several_classes_on_one_box_stack_their_labels():
+    # Issue 12.18: labels of classes sharing a box were drawn on top of each other.
+    image = Image.new("RGB", (400, 300), (0, 0, 0))
+    box = [100, 150, 300, 280]
+    one = draw_detections(image, [{"box": box, "label": "dog", "score": 0.9}])
+    two = draw_detections(image, [{"box": box, "label": "dog", "score": 0.9},
+                                  {"box": box, "label": "cat", "score": 0.6}])
+    rows_one = np.flatnonzero(_changed(image, one)[:150, 100:300].any(axis=1))
+    rows_two = np.flatnonzero(_changed(image, two)[:150, 100:300].any(axis=1))
+    height = rows_one.max() - rows_one.min() + 1
+    assert rows_two.max() - rows_two.min() + 1 >= 2 * height - 2  # two strips, one above the other
+    pixels = np.asarray(two)
+    cat, dog = label_colour("cat"), label_colour("dog")
+    cat_rows = np.flatnonzero((pixels[:150, 100:300] == cat).all(axis=2).any(axis=1))
+    dog_rows = np.flatnonzero((pixels[:150, 100:300] == dog).all(axis=2).any(axis=1))
+    assert dog_rows.min() > cat_rows.max()  # the best label sits nearest the box, the other above it
+
+
+def test_stacked_labels_go_inside_a_box_at_the_top_edge():
+    image = Image.new("RGB", (300, 300), (0, 0, 0))
+    picture = draw_detections(image, [{"box": [10, 0, 290, 290], "label": "a", "score": 0.9},
+                                      {"box": [10, 0, 290, 290], "label": "b", "score": 0.8}])
+    pixels = np.asarray(picture)
+    a_rows = np.flatnonzero((pixels[:200, 12:100] == label_colour("a")).all(axis=2).any(axis=1))
+    b_rows = np.flatnonzero((pixels[:200, 12:100] == label_colour("b")).all(axis=2).any(axis=1))
+    assert a_rows.min() <= 2 and b_rows.min() > a_rows.max() - 1
+
+
+DEJAVU = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
+
+
+def test_a_character_one_font_lacks_comes_from_the_next(monkeypatch):
+    # Issue 13.6: names in scripts the bundled font lacks were drawn as empty boxes.
+    import os
+
+    from regionclip_cli.data import pictures
+
+    if not os.path.isfile(DEJAVU):
+        pytest.skip("needs DejaVu Sans")
+    monkeypatch.delenv(pictures.FONT_ENV, raising=False)
+    monkeypatch.setattr(pictures, "FONT_CANDIDATES", (DEJAVU,))
+    pictures._runs.cache_clear()
+    runs = pictures._runs("Ωmega ☂", 14)
+    assert "".join(chunk for chunk, _ in runs) == "Ωmega ☂"
+    assert not pictures._has_glyph(None, 14, "Ω") or runs[0][1].path == DEJAVU
+    assert pictures.undrawable_labels(["Ωmega"]) == []
+
+
+def test_a_label_no_font_can_draw_becomes_its_id_not_boxes(monkeypatch):
+    from PIL import ImageDraw
+
+    from regionclip_cli.data import pictures
+
+    unassigned = "\U0010fffd\U0010fffd"  # private use: no font has it
+    monkeypatch.setattr(pictures, "_fontconfig_file", lambda char: None)
+    pictures._runs.cache_clear()
+    assert pictures.undrawable_labels([unassigned, "cat"]) == [unassigned]
+    draw = ImageDraw.Draw(Image.new("RGB", (10, 10)))
+    text = pictures._label_text({"label": unassigned, "category_id": 7, "score": 0.9}, 14, draw)
+    assert "".join(chunk for chunk, _ in text.runs) == "#7 0.90"
