@@ -17,7 +17,6 @@ class PlannedStage:
 
 
 STAGES = (
-    PlannedStage("finetune", "Open-vocabulary detector finetuning from a recipe (not built yet)."),
     PlannedStage("ablate", "Run a grid of recipe overrides and compare them (not built yet)."),
 )
 

@@ -108,7 +108,11 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor, *, focal_gam
         ce = F.cross_entropy(logits, labels, reduction="none")
         p_t = logits.softmax(dim=1).gather(1, labels[:, None]).squeeze(1)
         weights = torch.where(labels == background, background_weight, 1.0)
-        return (ce * (1 - p_t) ** focal_gamma * weights).mean()
+        # At τ = 0.01 a confident region's p_t rounds to exactly 1, where d/dp (1 − p)^γ is
+        # infinite for γ < 1 and the step turns NaN; the floor stops that gradient (its value is
+        # then ~0 times a CE of ~0).
+        scale = (1 - p_t).clamp(min=1e-12) ** focal_gamma
+        return (ce * scale * weights).mean()
     class_weights = torch.ones(logits.shape[1], device=logits.device)
     class_weights[background] = background_weight
     return F.cross_entropy(logits, labels, weight=class_weights)

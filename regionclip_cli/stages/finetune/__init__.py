@@ -1,0 +1,1 @@
+"""Open-vocabulary detector finetuning (`regionclip finetune`): the engine's second task."""

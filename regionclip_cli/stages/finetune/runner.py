@@ -1,0 +1,227 @@
+"""`finetune` as one call: check the recipe, train on the engine, evaluate on held-out images.
+
+`check` refuses everything that needs no model (files, vocabulary, annotations, batch size,
+output folder, resume compatibility), so `regionclip finetune --check` and `run` refuse the
+same things before any work starts. After training, the held-out set (`data.test`) is detected
+with the *test* vocabulary (base + novel by default) and scored by the evaluation module:
+AP50 on novel / base / all for split vocabularies, AP/APr/APc/APf for LVIS (box AP only: the
+LVIS mask head is out of scope).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from regionclip_cli.core.errors import RegionclipError
+from regionclip_cli.data.vocab import Vocabulary
+from regionclip_cli.engine.config import RESUMABLE_CHANGES, OptimizerConfig, TrainConfig, schedule_warnings
+from regionclip_cli.engine.loop import FitOutcome
+from regionclip_cli.engine.recipe import to_plain
+from regionclip_cli.engine.runs import RunFolder, check_resume
+from regionclip_cli.stages.finetune.data import (AnnotatedSet, DetectionDataConfig, dataset_vocabulary,
+                                                 held_out_input, read_annotated_set)
+from regionclip_cli.stages.finetune.recipe import FinetuneConfig, input_files
+
+Origin = Callable[[str], str]
+
+
+def _recipe_key(key: str) -> str:
+    return f"recipe key {key}"
+
+
+@dataclass
+class PreparedData:
+    """What `check` read: the training set (train split only), the vocabularies, notes."""
+
+    training: AnnotatedSet
+    full_vocabulary: Vocabulary
+    notes: list[str] = field(default_factory=list)
+
+
+def read_training_data(data: DetectionDataConfig, origin: Origin = _recipe_key) -> PreparedData:
+    """The vocabulary (with its splits), and the training images with boxes of `train_split` only."""
+    vocabulary = dataset_vocabulary(data.vocabulary, data.train.annotations, origin("data.vocabulary"))
+    training_vocabulary = vocabulary
+    if data.train_split is not None:
+        if data.train_split not in vocabulary.splits:
+            known = ", ".join(vocabulary.splits) or "none"
+            raise RegionclipError(f"{origin('data.train_split')}: the vocabulary '{vocabulary.name}' has no split "
+                                  f"'{data.train_split}' (its splits: {known}); use null to train on every class")
+        training_vocabulary = vocabulary.subset(data.train_split)
+    training = read_annotated_set(data.train, training_vocabulary, where="data.train", drop_empty=True)
+    return PreparedData(training, vocabulary, list(training.notes))
+
+
+@dataclass
+class CheckResult:
+    data: PreparedData
+    warnings: list[str] = field(default_factory=list)
+    resume_changes: list[str] = field(default_factory=list)
+    resume_state: dict[str, Any] | None = None
+
+
+def check_training(recipe, artefact: str, *, data: PreparedData, resume: bool | Path, overwrite: bool,
+                   resumable: tuple[str, ...], origin: Origin) -> CheckResult:
+    """The engine-side checks every detection task shares: batch size, schedule, run folder, resume."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    train: TrainConfig = recipe.train
+    optimizer: OptimizerConfig = recipe.optimizer
+    if train.batch_size % world_size:
+        raise RegionclipError(f"{origin('train.batch_size')}: {train.batch_size} is not divisible by the "
+                              f"{world_size} processes; use a multiple of {world_size}")
+    result = CheckResult(data, schedule_warnings(train, optimizer))
+    folder = RunFolder(recipe.output, artefact)
+    if resume is False:
+        if not overwrite:
+            folder.refuse_if_used()
+        return result
+    from regionclip_cli.engine.checkpoints import load_state
+
+    checkpoint = folder.checkpoint if resume is True else Path(resume)
+    if not checkpoint.is_file():
+        raise RegionclipError(f"--resume: {checkpoint} does not exist (no run to continue there); "
+                              "start without --resume")
+    state = load_state(checkpoint)
+    result.resume_changes = check_resume(state["metadata"].get("recipe", {}), to_plain(recipe),
+                                         checkpoint=checkpoint, resumable=RESUMABLE_CHANGES + resumable,
+                                         origin=origin)
+    result.resume_state = state
+    return result
+
+
+def check(recipe: FinetuneConfig, *, resume: bool | Path = False, overwrite: bool = False,
+          origin: Origin = _recipe_key) -> CheckResult:
+    from regionclip_cli.core.devices import resolve_device
+
+    for key, path in input_files(recipe):
+        if not path.exists():
+            raise RegionclipError(f"{origin(key)}: {path} does not exist")
+    resolve_device(recipe.device, option=origin("device"))
+    data = read_training_data(recipe.data, origin)
+    if recipe.test_vocabulary is not None:
+        from regionclip_cli.data.vocab import load_vocabulary
+
+        load_vocabulary(recipe.test_vocabulary)
+    return check_training(recipe, "detector.pt", data=data, resume=resume, overwrite=overwrite,
+                          resumable=("data.test", "test", "test_vocabulary", "data.test_min_size",
+                                     "data.test_max_size"), origin=origin)
+
+
+def fit_task(recipe, make_task: Callable, checked: CheckResult, *, artefact: str, resume: bool | Path,
+             overwrite: bool, progress: bool, log: Callable[[str], None], origin: Origin,
+             after: Callable | None = None) -> tuple[FitOutcome, Any]:
+    """Run a detection task on the engine; `after(task, outcome)` runs on the main process while
+    the models are still loaded (the held-out evaluation) and its result is returned too."""
+    from regionclip_cli.core.devices import resolve_device
+    from regionclip_cli.engine.loop import Trainer
+    from regionclip_cli.engine.task import start_runtime
+
+    for line in checked.data.notes + [f"warning: {w}" for w in checked.warnings] + checked.resume_changes:
+        log(line)
+    runtime = start_runtime(resolve_device(recipe.device, option=origin("device")), recipe.train.amp)
+    try:
+        folder = RunFolder(recipe.output, artefact)
+        if resume is False and runtime.dist.is_main:
+            folder.prepare_fresh(overwrite=overwrite)
+        runtime.dist.barrier()
+        task = make_task(runtime)
+        trainer = Trainer(task, runtime, train=recipe.train, optimizer=recipe.optimizer)
+        if checked.resume_state is not None:
+            trainer.restore(checked.resume_state)
+            checked.resume_state = None
+        outcome = trainer.fit(folder, recipe=to_plain(recipe), resumed=resume is not False,
+                              progress=progress, log=log)
+        extra = None
+        if after is not None and outcome.stopped_by is None and runtime.dist.is_main:
+            extra = after(task, outcome)
+        runtime.dist.barrier()
+        return outcome, extra
+    finally:
+        runtime.close()
+
+
+@dataclass
+class FinetuneOutcome:
+    fit: FitOutcome
+    evaluation: Any = None  # evaluation.EvalResult on data.test, when there is one
+    detections: Path | None = None
+
+
+def run(recipe: FinetuneConfig, *, resume: bool | Path = False, overwrite: bool = False, progress: bool = True,
+        log: Callable[[str], None] = print, origin: Origin = _recipe_key) -> FinetuneOutcome:
+    """Train `recipe` to `train.iterations` (as `regionclip finetune`), then evaluate on data.test."""
+    from regionclip_cli.stages.finetune.task import FinetuneTask
+
+    checked = check(recipe, resume=resume, overwrite=overwrite, origin=origin)
+
+    def evaluate_after(task, outcome):
+        if recipe.data.test is None:
+            return None
+        return evaluate_held_out(task, recipe, checked.data.full_vocabulary, progress=progress, log=log)
+
+    outcome, evaluated = fit_task(recipe, lambda runtime: FinetuneTask(recipe, runtime, checked.data.training, log),
+                                  checked, artefact=FinetuneTask.artefact, resume=resume, overwrite=overwrite,
+                                  progress=progress, log=log, origin=origin, after=evaluate_after)
+    if evaluated is None:
+        return FinetuneOutcome(outcome)
+    return FinetuneOutcome(outcome, *evaluated)
+
+
+def detect_held_out(detector, images, *, min_size: int, max_size: int, device, vocabulary: Vocabulary,
+                    progress: bool = False) -> list[dict]:
+    """COCO results (original pixels, [x, y, w, h]) of `detector` on annotated images, one at a time
+    (the original's test batch)."""
+    import torch
+
+    from regionclip_cli.core.progress import progress_bar
+
+    results = []
+    was_training = detector.training
+    detector.eval()
+    with torch.inference_mode(), progress_bar(disable=not progress) as bar:
+        task = bar.add_task("detect held-out", total=len(images), unit="img", status="")
+        for item in images:
+            tensor, scale = held_out_input(item, min_size, max_size)
+            found = detector([tensor.to(device)])[0]
+            boxes = (found["boxes"] / scale).cpu()
+            for box, label, score in zip(boxes.tolist(), found["labels"].tolist(), found["scores"].tolist()):
+                x1, y1, x2, y2 = box
+                results.append({"image_id": item.image_id, "category_id": vocabulary.category_ids[label],
+                                "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
+                                "score": round(score, 5)})
+            bar.advance(task)
+    detector.train(was_training)
+    return results
+
+
+def evaluate_held_out(task, recipe: FinetuneConfig, full_vocabulary: Vocabulary, *, progress: bool,
+                      log: Callable[[str], None]):
+    """Swap the vocabulary for the test one, detect data.test, write and score the detections."""
+    from regionclip_cli.core.atomic import write_json
+    from regionclip_cli.data.vocab import load_vocabulary
+    from regionclip_cli.evaluation import evaluate_detections
+    from regionclip_cli.stages.finetune.task import vocabulary_embeddings
+
+    vocabulary = load_vocabulary(recipe.test_vocabulary) if recipe.test_vocabulary else full_vocabulary
+    held_out = read_annotated_set(recipe.data.test, vocabulary, where="data.test", drop_empty=False)
+    for note in held_out.notes:
+        log(note)
+    detector = task.detector
+    training_embeddings = detector.predictor.class_embeddings
+    detector.set_vocabulary(vocabulary_embeddings(task.clip, vocabulary, recipe.templates))
+    try:
+        detections = detect_held_out(detector, held_out.images, min_size=recipe.data.test_min_size,
+                                     max_size=recipe.data.test_max_size, device=task.runtime.device,
+                                     vocabulary=vocabulary, progress=progress)
+    finally:
+        detector.predictor.class_embeddings = training_embeddings
+    path = recipe.output / "detections_coco.json"
+    write_json(path, detections)
+    result = evaluate_detections(detections, recipe.data.test.annotations, vocabulary=vocabulary,
+                                 image_ids=[item.image_id for item in held_out.images],
+                                 where=f"data.test.annotations {recipe.data.test.annotations}")
+    write_json(recipe.output / "evaluation.json", result.to_dict(), indent=2)
+    return result, path

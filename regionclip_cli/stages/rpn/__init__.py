@@ -1,0 +1,1 @@
+"""Training a class-agnostic RPN on your boxes (`regionclip rpn`), and its recall."""

@@ -1,0 +1,167 @@
+"""`regionclip rpn` and `regionclip finetune` end to end on a few synthetic-world images."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from regionclip_cli.modeling.checkpoints import Checkpoint, load_checkpoint, save_checkpoint
+from regionclip_cli.modeling.clip import load_clip
+from regionclip_cli.modeling.rpn import RPNConfig, build_proposal_network, rpn_checkpoint
+
+TINY_RPN = RPNConfig(anchor_sizes=[16, 32, 64], batch_size_per_image=32, pre_nms_top_n_test=300,
+                     post_nms_top_n_test=50)
+
+
+@pytest.fixture(autouse=True)
+def text_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("REGIONCLIP_CACHE", str(tmp_path_factory.getbasetemp() / "text-cache"))
+
+
+@pytest.fixture(scope="module")
+def rpn_file(tmp_path_factory):
+    """An (untrained) RPN on the world-tiny trunk: enough proposals to train a detector on."""
+    torch.manual_seed(0)
+    clip = load_clip("world-tiny", random_init=True)
+    network = build_proposal_network(TINY_RPN, clip_visual=clip.model.visual, mean=clip.mean, std=clip.std)
+    path = tmp_path_factory.mktemp("rpn") / "rpn.pt"
+    save_checkpoint(path, rpn_checkpoint(network, "world-tiny", {}))
+    return path
+
+
+def _data(world: Path) -> dict:
+    dataset = {"annotations": str(world / "annotations.json"), "images": str(world / "images")}
+    return {"train": dataset, "test": dataset, "vocabulary": "world", "train_split": "base",
+            "min_sizes": [160], "max_size": 160, "test_min_size": 160, "test_max_size": 160,
+            "loader_workers": 0}
+
+
+def finetune_recipe(world: Path, rpn: Path, out: Path, iterations: int = 3) -> Path:
+    recipe = {
+        "rpn": str(rpn), "box_head": {"model": "world-tiny"}, "templates": "single",
+        "detector": {"proposals": 20, "regions_per_image": 16},
+        "data": _data(world),
+        "optimizer": {"lr": 0.01, "warmup_iterations": 1, "steps": [2]},
+        "train": {"iterations": iterations, "batch_size": 2, "checkpoint_every": 100, "log_every": 1},
+        "output": str(out), "device": "cpu",
+    }
+    path = out.parent / f"{out.name}.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_finetune_trains_evaluates_and_resumes_exactly(cli, small_world, rpn_file, tmp_path):
+    straight = tmp_path / "straight"
+    code, out, err = cli("finetune", finetune_recipe(small_world, rpn_file, straight), "-q")
+    assert code == 0, err
+    rows = metrics(straight)
+    assert [r["iteration"] for r in rows] == [1, 2, 3]
+    assert all(r["loss_cls"] > 0 and r["loss_box_reg"] >= 0 for r in rows)
+    evaluation = json.loads((straight / "evaluation.json").read_text())
+    assert {"AP50", "AP50_base", "AP50_novel"} <= set(evaluation["metrics"])
+    detections = json.loads((straight / "detections_coco.json").read_text())
+    novel = {c["id"] for c in json.loads((small_world / "annotations.json").read_text())["categories"]
+             if c["split"] == "novel"}
+    assert any(d["category_id"] in novel for d in detections)  # the test vocabulary is base + novel
+    detector = load_checkpoint(straight / "detector.pt")
+    assert detector.kind == "detector" and any(k.startswith("rpn.") for k in detector.state_dict)
+
+    split = tmp_path / "split"
+    recipe = finetune_recipe(small_world, rpn_file, split)
+    code, _, err = cli("finetune", recipe, "-q", "--set", "train.iterations=2")
+    assert code == 0, err
+    code, _, err = cli("finetune", recipe, "-q", "--resume")
+    assert code == 0, err
+    for a, b in zip(rows, metrics(split)):
+        for key in ("loss", "loss_cls", "loss_box_reg", "lr"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), (a, b)
+    sa, sb = detector.state_dict, load_checkpoint(split / "detector.pt").state_dict
+    assert all(torch.allclose(sa[k].float(), sb[k].float(), atol=1e-6) for k in sa)
+
+
+def test_finetuned_detector_loads_for_any_vocabulary(cli, small_world, rpn_file, tmp_path):
+    from regionclip_cli.stages.finetune.artefact import load_detector
+
+    out = tmp_path / "run"
+    recipe = finetune_recipe(small_world, rpn_file, out, iterations=1)
+    code, _, err = cli("finetune", recipe, "-q", "--set", "data.test=null")
+    assert code == 0, err
+    assert not (out / "evaluation.json").exists()
+    detector, clip = load_detector(out / "detector.pt", ["circle", "hexagon", "star"], templates="single")
+    with torch.inference_mode():
+        found = detector([torch.rand(3, 160, 160)])[0]
+    assert (found["labels"] < 3).all() and not detector.proposal_network.training
+
+
+def test_rpn_command_trains_and_reports_recall(cli, small_world, tmp_path):
+    out = tmp_path / "rpn"
+    recipe = {"trunk": {"model": "world-tiny"}, "rpn": {"anchor_sizes": [16, 32, 64], "batch_size_per_image": 32},
+              "data": _data(small_world), "recall_at": [10, 50],
+              "optimizer": {"lr": 0.01, "warmup_iterations": 1, "steps": [5]},
+              "train": {"iterations": 2, "batch_size": 2, "log_every": 1}, "output": str(out), "device": "cpu"}
+    path = tmp_path / "rpn.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    code, stdout, err = cli("rpn", path, "-q")
+    assert code == 0, err
+    recall = json.loads((out / "recall.json").read_text())
+    assert set(recall) == {"all", "base", "novel"} and set(recall["base"]) == {"AR@10", "AR@50"}
+    assert load_checkpoint(out / "rpn.pt").kind == "rpn"
+    assert "recall base" in stdout
+
+
+def _write_world_copy(world: Path, tmp_path: Path, edit) -> Path:
+    data = json.loads((world / "annotations.json").read_text())
+    edit(data)
+    path = tmp_path / "annotations.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_bad_input_is_one_line_with_exit_code_2(cli, small_world, rpn_file, tmp_path):
+    recipe = finetune_recipe(small_world, rpn_file, tmp_path / "bad")
+
+    def run(*overrides):
+        code, _, err = cli("finetune", recipe, "--check", *[x for o in overrides for x in ("--set", o)])
+        assert "Traceback" not in err
+        return code, err
+
+    def unknown_category(data):
+        data["annotations"][3]["category_id"] = 999
+
+    path = _write_world_copy(small_world, tmp_path, unknown_category)
+    code, err = run(f"data.train.annotations={path}")
+    assert code == 2 and "annotations[3] has category id 999, which is not in the file's categories" in err
+
+    def missing_image(data):
+        data["images"][0]["file_name"] = "gone.png"
+
+    path = _write_world_copy(small_world, tmp_path, missing_image)
+    code, err = run(f"data.train.annotations={path}")
+    assert code == 2 and "1 of 8 images listed" in err and "gone.png" in err
+
+    def odd_boxes(data):
+        base = {c["id"] for c in data["categories"] if c["split"] == "base"}
+        first, second = [a for a in data["annotations"] if a["category_id"] in base][:2]
+        first["bbox"] = [500.0, 500.0, 20.0, 20.0]  # outside the 224-px image
+        second["bbox"] = [10.0, 10.0, 0.0, 5.0]  # zero width
+        data["annotations"] = [a for a in data["annotations"] if a["image_id"] != data["images"][1]["id"]]
+
+    path = _write_world_copy(small_world, tmp_path, odd_boxes)
+    code, err = run(f"data.train.annotations={path}")
+    assert code == 0, err
+    assert "2 boxes with no area inside their image were skipped" in err
+    assert "images without a box of the training classes were left out" in err
+
+    code, err = run("data.train_split=rare")
+    assert code == 2 and "has no split 'rare'" in err
+
+    clip_file = tmp_path / "clip.pt"
+    save_checkpoint(clip_file, Checkpoint("clip", "world-tiny", {"x": torch.zeros(1)}))
+    code, _, err = cli("finetune", recipe, "-q", "--set", f"rpn={clip_file}")
+    assert code == 2 and "not an RPN" in err and "Traceback" not in err
