@@ -11,7 +11,9 @@ from regionclip_cli.core.errors import InputError
 from regionclip_cli.data.images import (
     TRANSPARENT_BACKGROUND,
     ImageLoader,
+    ImageTransform,
     LoadedImage,
+    NamedImage,
     LoadFailure,
     ResizeConfig,
     find_images,
@@ -209,7 +211,7 @@ def test_loader_keeps_order_and_reports_bad_files(tmp_path, workers):
         paths.append(path)
 
     loader = ImageLoader(
-        (p for p in paths), mean=MEAN, std=STD, resize=ResizeConfig(32, 64), workers=workers, lookahead=2,
+        (p for p in paths), ImageTransform(MEAN, STD, ResizeConfig(32, 64)), workers=workers, lookahead=2,
         keep_original=True,
     )
     results = list(loader)
@@ -231,8 +233,43 @@ def test_loader_can_stop_early(tmp_path):
         path = tmp_path / f"{index}.png"
         Image.new("RGB", (16, 16)).save(path)
         paths.append(path)
-    loader = ImageLoader(paths, mean=MEAN, std=STD, resize=ResizeConfig(16, 16), lookahead=3)
+    loader = ImageLoader(paths, ImageTransform(MEAN, STD, ResizeConfig(16, 16)), lookahead=3)
     for count, item in enumerate(loader, start=1):
         if count == 2:
             break
     assert count == 2 and item.path == paths[1] and item.image is None
+
+
+def test_test_time_resize_is_bilinear_and_pretraining_can_ask_for_bicubic():
+    """The original resizes bilinearly at test (detectron2's default) and bicubically in pretraining."""
+    image = _gradient(50, 37).convert("RGB")
+    noisy = Image.fromarray(np.random.default_rng(0).integers(0, 256, (37, 50, 3), dtype=np.uint8))
+    for source in (image, noisy):
+        resized, _ = resize_for_model(source, ResizeConfig(74, 200))
+        assert resized.tobytes() == source.resize(resized.size, Image.Resampling.BILINEAR).tobytes()
+        bicubic, _ = resize_for_model(source, ResizeConfig(74, 200, interpolation="bicubic"))
+        assert bicubic.tobytes() == source.resize(resized.size, Image.Resampling.BICUBIC).tobytes()
+    assert resized.tobytes() != bicubic.tobytes()
+
+
+def test_transform_pads_a_lone_image_not_at_all_and_a_batch_to_its_largest():
+    """The original's CLIP backbone has no size divisibility at test: no padding to 32."""
+    transform = ImageTransform(MEAN, STD, ResizeConfig(45, 100))
+    tensor, scale = transform(_gradient(60, 30).convert("RGB"))
+    assert tensor.shape == (3, 45, 90) and scale == pytest.approx(1.5)
+    assert transform.batch([tensor]).shape == (1, 3, 45, 90)
+    assert transform.batch([tensor, torch.zeros(3, 50, 20)]).shape == (2, 3, 50, 90)
+
+
+def test_in_memory_images_pil_and_arrays(tmp_path):
+    transform = ImageTransform(MEAN, STD, ResizeConfig(16, 64))
+    pixels = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    items = [NamedImage("pil", Image.fromarray(pixels)), NamedImage("array", pixels),
+             NamedImage("float", pixels / 255.0), NamedImage("gray", pixels[:, :, 0]),
+             NamedImage("bad", np.zeros((2, 3, 5)))]
+    loaded = list(ImageLoader(items, transform, workers=0))
+    assert [str(x.path) for x in loaded] == ["pil", "array", "float", "gray", "bad"]
+    assert torch.equal(loaded[0].tensor, loaded[1].tensor)
+    assert torch.allclose(loaded[1].tensor, loaded[2].tensor, atol=1e-5)
+    assert loaded[3].original_size == (30, 20)
+    assert isinstance(loaded[4], LoadFailure) and "shape" in loaded[4].message

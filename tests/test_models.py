@@ -181,6 +181,7 @@ def test_failed_download_suggests_weights(monkeypatch):
         raise OSError("Network is unreachable")
 
     monkeypatch.setattr(open_clip.factory, "download_pretrained", offline)
+    monkeypatch.setattr(models, "_reachable", lambda host, timeout=3.0: True)  # reachable, then fails
     with pytest.raises(RegionclipError, match=r"downloading the weights failed.*unreachable.*--weights FILE"):
         load_clip("RN50", pretrained="openai")
 
@@ -210,3 +211,87 @@ def test_identity_is_stable_and_tracks_the_source(tmp_path, reference):
     torch.save(changed, second)
     assert load_clip(TINY, weights=first).identity != load_clip(TINY, weights=second).identity
     assert load_clip(TINY, random_init=True).identity == f"{TINY}@random-init"
+
+
+def _detectron2_file(path, with_text: bool = True):
+    """A file shaped like the original RegionCLIP's releases, from world-tiny's weights."""
+    state = load_clip("world-tiny").model.state_dict()
+    model = {}
+    for key, value in state.items():
+        if key.endswith("num_batches_tracked") or key == "logit_scale":
+            continue  # detectron2's FrozenBatchNorm keeps no counter; lang_encoder has no logit_scale
+        if key.startswith("visual."):
+            model[f"backbone.{key[len('visual.'):]}"] = value
+            model[f"teacher_backbone.{key[len('visual.'):]}"] = value + 1
+        elif with_text:
+            model[f"lang_encoder.{key}"] = value
+    model["offline_backbone.stem.conv1.weight"] = torch.zeros(4, 3, 1, 1)
+    model["offline_proposal_generator.rpn_head.conv.weight"] = torch.zeros(4, 4, 3, 3)
+    model["roi_heads.box_predictor.cls_score.weight"] = torch.zeros(3, 128)
+    torch.save({"model": model, "iteration": 5}, path)
+    return state
+
+
+def test_detectron2_regionclip_checkpoint(tmp_path):
+    path = tmp_path / "regionclip_pretrained-world.pth"
+    state = _detectron2_file(path)
+    clip = load_clip(weights=path)  # the model is recognised from the image tower's shapes
+    assert clip.name.startswith("world-tiny") and clip.has_text_tower and not clip.notes
+    image = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    reference = open_clip.create_model("world-tiny", force_quick_gelu=True).eval()
+    reference.load_state_dict(state)
+    tokens = clip.tokenizer(["a red circle"])
+    with torch.no_grad():
+        torch.testing.assert_close(clip.model.encode_image(image), reference.encode_image(image))
+        torch.testing.assert_close(clip.model.encode_text(tokens), reference.encode_text(tokens))
+
+
+def test_detectron2_checkpoint_without_a_text_tower_says_so(tmp_path):
+    from regionclip_cli.modeling.text import embed_names
+
+    path = tmp_path / "regionclip_finetuned-world.pth"
+    _detectron2_file(path, with_text=False)
+    clip = load_clip(weights=path)
+    assert not clip.has_text_tower and "no lang_encoder" in clip.notes[0] and "--class-embeddings" in clip.notes[0]
+    with pytest.raises(RegionclipError, match="--class-embeddings"):
+        embed_names(clip, ["circle"], ["{}"], cache_dir=tmp_path, progress=False)
+
+
+def test_class_embedding_files_of_the_original(cli, small_world, tmp_path, monkeypatch):
+    monkeypatch.setenv("REGIONCLIP_CACHE", str(tmp_path / "cache"))
+    weights = tmp_path / "regionclip_finetuned-world.pth"
+    _detectron2_file(weights, with_text=False)
+    from regionclip_cli.data.vocab import load_vocabulary
+    from regionclip_cli.modeling.text import embed_names
+
+    names = load_vocabulary("world").names
+    table = embed_names(load_clip("world-tiny"), names, ["a photo of a {}."], cache_dir=tmp_path, progress=False)
+    plain = tmp_path / "world_emb.pth"
+    torch.save(table * 7.0, plain)  # the original's files are not normalised
+    image = sorted((small_world / "images").iterdir())[0]
+    common = ["zeroshot", image, "--weights", weights, "--device", "cpu", "-q", "--num-proposals", "10"]
+    code, _, err = cli(*common, "--vocab", "world", "--class-embeddings", plain, "--out", tmp_path / "a")
+    assert code == 0, err
+    assert "without a text tower" in err
+    code, _, err = cli(*common, "--vocab", "circle,square", "--class-embeddings", plain, "--out", tmp_path / "b")
+    assert code == 2 and "20 class embeddings" in err and "2 classes" in err
+    narrow = tmp_path / "narrow.pth"
+    torch.save(torch.randn(20, 640), narrow)
+    code, _, err = cli(*common, "--vocab", "world", "--class-embeddings", narrow, "--out", tmp_path / "c")
+    assert code == 2 and "640-d" in err and "1024 = RN50, 640 = RN50x4, 512" in err
+
+
+def test_pretrained_tag_offline_fails_fast_with_one_line(monkeypatch):
+    import socket
+    import time
+
+    def no_network(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    started = time.perf_counter()
+    with pytest.raises(RegionclipError) as error:
+        load_clip("RN50", pretrained="openai")
+    assert time.perf_counter() - started < 5
+    message = str(error.value)
+    assert "cannot be reached" in message and "--weights FILE" in message and "\n" not in message

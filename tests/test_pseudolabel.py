@@ -62,3 +62,13 @@ def test_concepts_from_another_model_are_refused(cli, small_world, concepts, tmp
     code, _, err = cli("pseudolabel", small_world / "images", "--concepts", concepts, "--model", "RN50",
                        "--out", tmp_path / "x", "-q")
     assert code == 2 and "Traceback" not in err
+
+
+def test_teacher_comes_from_the_concept_file_when_not_given(cli, small_world, concepts, tmp_path):
+    """The concept file records world-tiny; pseudolabel used to default to RN50 and fail."""
+    out = tmp_path / "labels"
+    code, _, err = cli("pseudolabel", small_world / "images", "--concepts", concepts, "--out", out,
+                       "--regions", "4", "--pictures", "1", "--device", "cpu", "-q")
+    assert code == 0, err
+    assert json.loads((out / "manifest.json").read_text())["settings"]["model_identity"].startswith("world-tiny@")
+    assert "random proposals" in err

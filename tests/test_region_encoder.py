@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from unittest import mock
 import json
 
 import open_clip
@@ -187,3 +188,61 @@ def test_folding_refuses_a_tower_in_training_mode():
     visual = _visual(TINY).train()
     with pytest.raises(ValueError, match="frozen tower"):
         fold_batchnorm(visual)
+
+
+def test_roi_align_runs_in_float32_under_bf16_autocast():
+    """Boxes used to be cast to the features' dtype: under bf16, x = 1050.9 px became 1048."""
+    from regionclip_cli.modeling import region_encoder as module
+
+    encoder = RegionEncoder(_visual(TINY))
+    seen = []
+
+    def spy(features, boxes, **kwargs):
+        seen.append((features.dtype, boxes if isinstance(boxes, torch.Tensor) else torch.cat(boxes)))
+        return roi_align(features, boxes, **kwargs)
+
+    from torchvision.ops import roi_align
+
+    image = _image(64, 1088, 0)[None]
+    box = torch.tensor([[1000.3, 10.7, 1050.9, 60.1]])
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16), \
+            mock.patch.object(module, "roi_align", spy):
+        features = encoder.trunk(image)
+        assert features.dtype == torch.bfloat16
+        encoder.pool(features, [box])
+    dtype, boxes = seen[0]
+    assert dtype == torch.float32 and boxes.dtype == torch.float32
+    assert boxes[0, -4:].tolist() == pytest.approx(box[0].tolist(), abs=1e-4)
+
+
+def test_large_batches_are_chunked_without_changing_values():
+    """Bounded tensors per call (a 150-image batch crashed torchvision past 2**31 elements)."""
+    from regionclip_cli.modeling import region_encoder as module
+
+    visual = _visual(TINY)
+    images = torch.stack([_image(64, 96, seed) for seed in range(5)])
+    boxes = [torch.tensor([[0.0, 0.0, 40.0, 30.0], [10.0, 5.0, 90.0, 60.0]]) for _ in range(5)]
+    with torch.no_grad():
+        whole = RegionEncoder(visual, box_chunk=1000)(images, boxes)
+        encoder = RegionEncoder(visual, box_chunk=3)
+        per_image = encoder._stem_width * 32 * 48
+        with mock.patch.object(module, "MAX_TRUNK_ELEMENTS", 2 * per_image):
+            assert encoder.images_per_call(64, 96) == 2
+            chunked = encoder(images, boxes)
+    torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-5)
+
+
+def test_frozen_factory_leaves_the_callers_tower_untouched():
+    from regionclip_cli.modeling.region_encoder import frozen_region_encoder
+
+    visual = _visual(TINY).train()
+    before = {k: v.clone() for k, v in visual.state_dict().items()}
+    encoder = frozen_region_encoder(visual)
+    assert visual.training and any(isinstance(m, torch.nn.BatchNorm2d) for m in visual.modules())
+    assert all(torch.equal(before[k], v) for k, v in visual.state_dict().items())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in encoder.modules())
+    assert not any(p.requires_grad for p in encoder.parameters()) and not encoder.training
+    images, boxes = _image(64, 80, 1)[None], [torch.tensor([[3.0, 4.0, 60.0, 50.0]])]
+    with torch.no_grad():
+        torch.testing.assert_close(encoder(images, boxes), RegionEncoder(visual.eval())(images, boxes),
+                                   atol=1e-4, rtol=1e-4)

@@ -6,13 +6,14 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
 
 def pseudolabel(
     images: Annotated[list[Path], typer.Argument(help="Image files or folders (searched recursively).", show_default=False)],
     concepts: Annotated[Path, typer.Option(help="concept_embeddings.pt written by `regionclip concepts` for the same teacher.")],
     out: Annotated[Path, typer.Option(help="Output folder: shards/*.jsonl, manifest.json, summary.json, pictures/.")] = Path("runs/pseudolabels"),
-    model: Annotated[Optional[str], typer.Option(help="Teacher: open_clip model name (ResNet family; world-tiny for the synthetic world). [default: RN50, or the model a --weights checkpoint names]", show_default=False)] = None,
+    model: Annotated[Optional[str], typer.Option(help="Teacher: open_clip model name (ResNet family; world-tiny for the synthetic world). [default: the teacher --concepts was embedded with, or the model a --weights checkpoint names]", show_default=False)] = None,
     pretrained: Annotated[Optional[str], typer.Option(help="Teacher's open_clip pretrained tag, e.g. openai.")] = None,
     weights: Annotated[Optional[Path], typer.Option(help="Teacher's local weights file.")] = None,
     boxes: Annotated[Optional[Path], typer.Option(help="Proposals from a file (COCO JSON, {file: boxes} JSON or JSON Lines) instead of random boxes.")] = None,
@@ -38,64 +39,35 @@ def pseudolabel(
 
     Exit codes: 0 all images labelled; 1 some images failed (named on stderr); 2 usage error.
     """
-    from regionclip_cli.core.devices import resolve_device
-    from regionclip_cli.core.errors import RegionclipError
-    from regionclip_cli.data.images import find_images
-    from regionclip_cli.modeling.clip import load_clip
     from regionclip_cli.core.progress import progress_bar, stderr_console
-    from regionclip_cli.data.proposals import BoxFile, ProposalSource, RandomBoxConfig
-    from regionclip_cli.data.pseudolabel_shards import ShardedLabels, ShardConfig, digest
-    from regionclip_cli.stages.pseudolabel.labeler import PseudoLabeler, LabelRuleConfig, label_records
-    from regionclip_cli.modeling.text import check_matches, load_text_embeddings
-    from regionclip_cli.stages.zeroshot.run import resize_for
+    from regionclip_cli.stages import pseudolabel as stage
+    from regionclip_cli.stages.pseudolabel.labeler import LabelRuleConfig
 
-    paths, missing = find_images(images)
-    if not paths:
-        raise RegionclipError("no images to label: " + "; ".join(missing or ["no inputs given"]))
-    pool = load_text_embeddings(concepts)
-    box_file = BoxFile(boxes) if boxes is not None else None
-    clip = load_clip(model, pretrained=pretrained, weights=weights, device=resolve_device(device))
-    check_matches(pool, clip, origin=f"--concepts {concepts}")
-    settings = ShardConfig(
-        model_identity=clip.identity, concepts=digest(pool.names),
-        proposals=f"file:{boxes.resolve()}" if boxes else "random",
-        regions_per_image=regions, threshold=threshold, temperature=temperature, seed=seed,
-        shard_size=shard_size, images=digest([str(p.resolve()) for p in paths]))
-    shards = ShardedLabels(out, settings, paths, overwrite=overwrite)
-    labeler = PseudoLabeler(clip, pool.embeddings, LabelRuleConfig(threshold, temperature))
-    resize = resize_for(clip, min_size, max_size)
-    proposals = ProposalSource(box_file, RandomBoxConfig(count=regions, seed=seed), max_boxes=regions)
-    box_problems: list[str] = []
+    config = stage.PseudoLabelConfig(
+        images=images, concepts=concepts, out=out, model=model, pretrained=pretrained, weights=weights,
+        boxes=boxes, regions=regions, rule=LabelRuleConfig(threshold, temperature), seed=seed,
+        shard_size=shard_size, min_size=min_size, max_size=max_size, batch_size=batch_size,
+        pictures=pictures, overwrite=overwrite, device=device)
 
-    for problem in missing:
-        stderr_console.print(f"[red]error:[/] {problem}", highlight=False)
-    pending = shards.pending()
-    done_images = len(paths) - sum(len(shards.shard_images(i)) for i in pending)
-    if done_images:
-        stderr_console.print(f"resuming: {shards.num_shards - len(pending)} of {shards.num_shards} shards already written")
+    class BarReporter(stage.Reporter):
+        def start(self, total: int, done: int) -> None:
+            if done:
+                stderr_console.print(f"resuming: {done} of {total} images already labelled")
+            self.task = bar.add_task("pseudolabel", total=total, completed=done, unit="img", status="")
+
+        def shard_done(self, images: int, index: int, total: int) -> None:
+            bar.update(self.task, advance=images, status=f"shard {index + 1}/{total}")
+
     with progress_bar(disable=quiet) as bar:
-        task = bar.add_task("pseudolabel", total=len(paths), completed=done_images, unit="img", status="")
-        for index in pending:
-            shard_paths = shards.shard_images(index)
-            records = label_records(labeler, shard_paths, proposals, resize=resize, batch_size=batch_size,
-                                    concept_names=pool.names, problems=box_problems)
-            shards.write_shard(index, records)
-            bar.update(task, advance=len(shard_paths), status=f"shard {index + 1}/{shards.num_shards}")
-    summary = shards.summary()
-    failures = [r for r in shards.records() if "error" in r]
-    for record in failures:
-        stderr_console.print(f"[red]skipped[/] {record['error']}", highlight=False)
-    for problem in box_problems:
-        stderr_console.print(f"[yellow]warning:[/] {problem}", highlight=False)
-    from regionclip_cli.core.atomic import write_json
-
-    write_json(out / "summary.json", summary, indent=2)
-    if pictures:
-        from regionclip_cli.stages.pseudolabel.pictures import draw_labelled_records
-
-        draw_labelled_records(shards.records(), out / "pictures", limit=pictures)
-    _render(summary, out)
-    raise typer.Exit(1 if failures or missing or box_problems else 0)
+        result = stage.run(config, BarReporter())
+    for line in result.failures:
+        stderr_console.print(f"[red]skipped[/] {escape(line)}", highlight=False)
+    for line in result.warnings:
+        stderr_console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False)
+    for line in result.notes:
+        stderr_console.print(f"note: {escape(line)}", highlight=False)
+    _render(result.summary, result.out)
+    raise typer.Exit(result.exit_code)
 
 
 def _render(summary: dict, out: Path) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from regionclip_cli.core.atomic import atomic_path, write_json
+from regionclip_cli.core.atomic import atomic_path, write_json, write_text
 
 
 @dataclass
@@ -56,27 +56,42 @@ def _safe_stem(path: Path, used: set[str]) -> str:
 
 
 class DetectionWriter:
-    """Collects per-image results into `out_dir` (detections.jsonl, detections_coco.json, ...)."""
+    """Collects per-image results into `out_dir` (detections.jsonl, detections_coco.json, ...).
+
+    `resume=True` carries on an interrupted run's `.detections.jsonl.partial` (its rows are kept
+    and appended to); otherwise a new partial file is started.
+    """
+
+    PARTIAL_NAME = ".detections.jsonl.partial"
 
     def __init__(self, out_dir: str | os.PathLike, *, save_pictures: bool = False,
-                 save_features: bool = False):
+                 save_features: bool = False, resume: bool = False):
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.jsonl_path = self.out_dir / "detections.jsonl"
         self.coco_path = self.out_dir / "detections_coco.json"
         self.pictures_dir = self.out_dir / "pictures" if save_pictures else None
         self.features_dir = self.out_dir / "features" if save_features else None
-        self._partial = self.out_dir / ".detections.jsonl.partial"
-        self._jsonl = self._partial.open("w", encoding="utf-8")
+        self.partial_path = self.out_dir / self.PARTIAL_NAME
+        self.rows: list[dict] = read_rows(self.partial_path) if resume and self.partial_path.is_file() else []
         self._coco: list[dict] = []
         self._stems: set[str] = set()
+        for row in self.rows:
+            self._coco.extend(coco_results(ImageDetections(Path(row["file"]), row["width"], row["height"],
+                                                           row["image_id"], row["detections"])))
+            _safe_stem(Path(row["file"]), self._stems)
+        if self.rows:  # drop a line cut off mid-write, then append after the complete ones
+            write_text(self.partial_path, "".join(json.dumps(row) + "\n" for row in self.rows))
+        self._jsonl = self.partial_path.open("a" if self.rows else "w", encoding="utf-8")
 
     def add(self, result: ImageDetections, *, picture: Image.Image | None = None,
-            boxes: np.ndarray | None = None, features: np.ndarray | None = None) -> None:
+            boxes: np.ndarray | None = None, features: np.ndarray | None = None,
+            extra: dict | None = None) -> None:
         row = {"file": str(result.file), "width": result.width, "height": result.height,
-               "image_id": result.image_id, "detections": result.detections}
+               "image_id": result.image_id, "detections": result.detections, **(extra or {})}
         self._jsonl.write(json.dumps(row) + "\n")
         self._jsonl.flush()
+        self.rows.append(row)
         self._coco.extend(coco_results(result))
         stem = _safe_stem(result.file, self._stems) if (self.pictures_dir or self.features_dir) else ""
         if self.pictures_dir is not None and picture is not None:
@@ -93,8 +108,20 @@ class DetectionWriter:
     def coco_detections(self) -> list[dict]:
         return self._coco
 
-    def close(self) -> None:
-        """Finish the files; safe to call once the run is over, successful or not."""
+    def close(self, complete: bool = True) -> None:
+        """Finish the files of a complete run; an incomplete one keeps only its partial JSONL."""
         self._jsonl.close()
-        os.replace(self._partial, self.jsonl_path)
-        write_json(self.coco_path, self._coco)
+        if complete:
+            os.replace(self.partial_path, self.jsonl_path)
+            write_json(self.coco_path, self._coco)
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The complete lines of a (possibly interrupted) detections JSONL; a cut-off last line is dropped."""
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return rows

@@ -223,6 +223,72 @@ def pad_batch(tensors: list[torch.Tensor], size_divisibility: int = 32) -> torch
     return batch
 
 
+class ImageTransform:
+    """The one place an image becomes model input: resize, normalise, pad images into a batch.
+
+    Boxes follow the image through `scale` (input pixels = original pixels x scale); padding adds
+    pixels only after the image, so it moves no box. `size_divisibility=0` is the original's
+    test-time setting: its CLIP backbone needs no divisibility, so a lone image is not padded at
+    all (padding would change what boxes at the right and bottom edges see), and a batch of
+    several is padded only to its largest image.
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], resize: ResizeConfig = ResizeConfig(),
+                 size_divisibility: int = 0):
+        if len(mean) != 3 or len(std) != 3:
+            raise ValueError(f"mean and std need 3 values (R, G, B), got {list(mean)} and {list(std)}")
+        self.mean = tuple(float(v) for v in mean)
+        self.std = tuple(float(v) for v in std)
+        self.resize = resize
+        self.size_divisibility = size_divisibility
+
+    def __call__(self, image: Image.Image) -> tuple[torch.Tensor, float]:
+        """An upright RGB picture → ([3, h, w] normalised input, scale from original to input pixels)."""
+        resized, scale = resize_for_model(image, self.resize)
+        return to_model_tensor(resized, self.mean, self.std), scale
+
+    def batch(self, tensors: list[torch.Tensor]) -> torch.Tensor:
+        return pad_batch(tensors, self.size_divisibility)
+
+
+@dataclass(frozen=True)
+class NamedImage:
+    """An image given in memory (a PIL image or an array) with the name it is reported under."""
+
+    name: str
+    image: object
+
+
+def image_from_array(array: np.ndarray, origin: str) -> Image.Image:
+    """[H, W], [H, W, 3] or [H, W, 4] uint8 (or float in [0, 1]) pixels → an RGB picture."""
+    array = np.asarray(array)
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3, 4)):
+        raise InputError(f"{origin}: an image array must be [H, W] or [H, W, 3/4], got shape {list(array.shape)}")
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if array.dtype != np.uint8:
+        if not np.issubdtype(array.dtype, np.number):
+            raise InputError(f"{origin}: an image array needs numbers, got {array.dtype}")
+        values = np.nan_to_num(array.astype(np.float64))
+        if values.min(initial=0.0) >= 0.0 and values.max(initial=0.0) <= 1.0:
+            values = values * 255.0
+        array = np.clip(np.rint(values), 0, 255).astype(np.uint8)
+    return _to_rgb(Image.fromarray(array))
+
+
+def decode_input(item: str | os.PathLike | NamedImage, *, max_pixels: int | None = DEFAULT_MAX_PIXELS
+                 ) -> tuple[Path, Image.Image]:
+    """A path (decoded by `load_image`) or an in-memory image → (the path it is reported as, RGB picture)."""
+    if not isinstance(item, NamedImage):
+        return Path(item), load_image(item, max_pixels=max_pixels)
+    image = item.image
+    if isinstance(image, Image.Image):
+        return Path(item.name), _to_rgb(ImageOps.exif_transpose(image))
+    if isinstance(image, torch.Tensor):
+        raise InputError(f"{item.name}: pass a PIL image, a numpy array or a path, not a torch tensor")
+    return Path(item.name), image_from_array(image, item.name)
+
+
 @dataclass(frozen=True)
 class LoadedImage:
     """One decoded image, ready for the model.
@@ -257,11 +323,9 @@ class ImageLoader:
 
     def __init__(
         self,
-        paths: Iterable[str | os.PathLike],
+        paths: Iterable[str | os.PathLike | NamedImage],
+        transform: ImageTransform,
         *,
-        mean: Sequence[float],
-        std: Sequence[float],
-        resize: ResizeConfig = ResizeConfig(),
         workers: int = 2,
         lookahead: int = 4,
         keep_original: bool = False,
@@ -270,26 +334,23 @@ class ImageLoader:
         if workers < 0 or lookahead < 1:
             raise ValueError(f"need workers >= 0 and lookahead >= 1, got {workers} and {lookahead}")
         self.paths = paths
-        self.mean = tuple(mean)
-        self.std = tuple(std)
-        self.resize = resize
+        self.transform = transform
         self.workers = workers
         self.lookahead = lookahead
         self.keep_original = keep_original
         self.max_pixels = max_pixels
 
-    def load(self, path: str | os.PathLike) -> LoadedImage | LoadFailure:
+    def load(self, item: str | os.PathLike | NamedImage) -> LoadedImage | LoadFailure:
         """Prepare one image; a bad file becomes a `LoadFailure`."""
-        path = Path(path)
         try:
-            original = load_image(path, max_pixels=self.max_pixels)
+            path, original = decode_input(item, max_pixels=self.max_pixels)
         except InputError as error:
-            return LoadFailure(path, str(error))
-        resized, scale = resize_for_model(original, self.resize)
+            return LoadFailure(Path(item.name if isinstance(item, NamedImage) else item), str(error))
+        tensor, scale = self.transform(original)
         return LoadedImage(
             path=path,
             original_size=original.size,
-            tensor=to_model_tensor(resized, self.mean, self.std),
+            tensor=tensor,
             scale=scale,
             image=original if self.keep_original else None,
         )

@@ -12,12 +12,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import torch
 
 from regionclip_cli.core.errors import InputError, RegionclipError
+from regionclip_cli.data.coco import is_coco, read_coco
 
 
 @dataclass(frozen=True)
@@ -96,23 +97,49 @@ class FileNameIndex:
     """Finds the entry for an image path by the longest matching tail of its file name.
 
     Annotation files store names relative to some root ('val2017/x.jpg' or 'x.jpg'), users pass
-    paths relative to anywhere, so we match the longest common tail and refuse ambiguity.
+    paths relative to anywhere, so we match the longest common tail and refuse ambiguity: a path
+    that fits several entries equally well, or several images that would share one entry (two
+    'x.jpg' in different folders against one 'x.jpg' in the file).
     """
 
     def __init__(self, names: list[str]):
+        self.names = names
         self._by_tail: dict[tuple[str, ...], list[int]] = {}
         for index, name in enumerate(names):
             parts = _posix_parts(name)
             for k in range(len(parts)):
                 self._by_tail.setdefault(parts[k:], []).append(index)
 
-    def find(self, path: Path) -> int | None:
+    def candidates(self, path: Path) -> list[int]:
+        """Entries matching the longest tail of `path` that any entry has (one, several or none)."""
         parts = _posix_parts(path.as_posix())
         for k in range(len(parts)):
             hits = self._by_tail.get(parts[k:])
             if hits:
-                return hits[0] if len(hits) == 1 else None  # shorter tails only add candidates
-        return None
+                return hits
+        return []
+
+    def find(self, path: Path) -> int | None:
+        hits = self.candidates(path)
+        return hits[0] if len(hits) == 1 else None
+
+    def check_unambiguous(self, paths: list[Path], origin: str) -> None:
+        """Refuse, before any work, image paths that fit several entries or share one entry."""
+        claimed: dict[int, Path] = {}
+        for path in paths:
+            hits = self.candidates(path)
+            if len(hits) > 1:
+                names = ", ".join(repr(self.names[i]) for i in hits[:3])
+                raise RegionclipError(
+                    f"{origin}: {path} matches several entries ({names}); pass the images from a folder "
+                    "whose relative paths match the file's names")
+            if len(hits) == 1:
+                other = claimed.setdefault(hits[0], path)
+                if other != path:
+                    raise RegionclipError(
+                        f"{origin}: {other} and {path} both match the one entry {self.names[hits[0]]!r}; "
+                        "two images cannot share boxes and an image id: give the file's names their "
+                        "folders (e.g. 'a/x.jpg') or process the folders separately")
 
 
 @dataclass
@@ -140,15 +167,14 @@ def _boxes_tensor(raw, origin: str) -> torch.Tensor:
 class BoxFile:
     """Boxes from a COCO annotation JSON, a {file: boxes} JSON, or a JSON Lines file."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, option: str = "--boxes"):
         self.path = Path(path)
+        self.option = option
         if not self.path.is_file():
-            raise RegionclipError(f"--boxes {self.path}: no such file")
-        self.is_coco = False
+            raise RegionclipError(f"{option} {self.path}: no such file")
         names, entries = self._read()
-        self._names = names
         self._entries = entries
-        self._index = FileNameIndex(names)
+        self.index = FileNameIndex(names)
 
     def _read(self) -> tuple[list[str], list[ImageEntry]]:
         text = self.path.read_text(encoding="utf-8")
@@ -156,9 +182,10 @@ class BoxFile:
             data = json.loads(text)
         except json.JSONDecodeError:
             return self._read_jsonl(text)
-        if isinstance(data, dict) and "images" in data and "annotations" in data:
-            self.is_coco = True
+        if is_coco(data):
             return self._read_coco(data)
+        if isinstance(data, dict) and "file" in data and ("boxes" in data or "detections" in data):
+            return self._read_jsonl(text)  # JSON Lines with a single line
         if isinstance(data, dict):
             names = list(data)
             return names, [_entry_from(data[n], f"{self.path}: {n}") for n in names]
@@ -167,23 +194,11 @@ class BoxFile:
         )
 
     def _read_coco(self, data: dict) -> tuple[list[str], list[ImageEntry]]:
-        try:
-            images = {int(img["id"]): img for img in data["images"]}
-            per_image: dict[int, list[list[float]]] = {i: [] for i in images}
-            for ann in data["annotations"]:
-                if ann.get("iscrowd", 0):
-                    continue
-                x, y, w, h = (float(v) for v in ann["bbox"])
-                per_image.setdefault(int(ann["image_id"]), []).append([x, y, x + w, y + h])
-            names = [str(images[i]["file_name"]) for i in images]
-            entries = [
-                ImageEntry(_boxes_tensor(per_image[i], str(self.path)), i,
-                           images[i].get("width"), images[i].get("height"))
-                for i in images
-            ]
-        except (KeyError, TypeError, ValueError) as error:
-            raise RegionclipError(f"{self.path}: malformed COCO annotation file ({error!r})") from None
-        self.categories = data.get("categories", [])
+        coco = read_coco(data, f"{self.option} {self.path}", need_categories=False)
+        boxes = coco.boxes_by_image()
+        names = [img["file_name"] for img in coco.images]
+        entries = [ImageEntry(_boxes_tensor(boxes[img["id"]], str(self.path)), img["id"],
+                              img.get("width"), img.get("height")) for img in coco.images]
         return names, entries
 
     def _read_jsonl(self, text: str) -> tuple[list[str], list[ImageEntry]]:
@@ -205,10 +220,11 @@ class BoxFile:
         return names, entries
 
     def entry_for(self, image_path: Path) -> ImageEntry:
-        index = self._index.find(image_path)
-        if index is None:
-            raise InputError(f"{image_path}: no boxes for this image in {self.path}")
-        return self._entries[index]
+        hits = self.index.candidates(image_path)
+        if len(hits) != 1:
+            several = f" (it matches {len(hits)} entries)" if hits else ""
+            raise InputError(f"{image_path}: no boxes for this image in {self.path}{several}")
+        return self._entries[hits[0]]
 
 
 def _entry_from(raw, origin: str) -> ImageEntry:
@@ -224,24 +240,70 @@ class Proposals:
     problems: list[str]
 
 
+# Past this many proposals per image the work is not worth it and memory is at risk: each
+# proposal costs a layer4 pass (~2.3 GFLOPs on RN50) and scoring holds proposals x classes
+# probabilities (200,000 x 1,203 LVIS classes is 1 GB). The paper uses 300 (RPN: 1,000).
+MAX_PROPOSALS = 10_000
+
+
+@dataclass(frozen=True)
+class ProposalConfig:
+    """Where regions come from: "random" boxes or a box "file"; `max_boxes` caps a file's boxes."""
+
+    source: str = "random"
+    file: Path | None = None
+    random: RandomBoxConfig = field(default_factory=RandomBoxConfig)
+    max_boxes: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.source not in PROPOSAL_SOURCES:
+            raise RegionclipError(f"proposals: unknown source {self.source!r}; use {', '.join(PROPOSAL_SOURCES)}")
+        if self.source == "file" and self.file is None:
+            raise RegionclipError("proposals: source 'file' needs a box file (--boxes FILE)")
+        if self.random.count > MAX_PROPOSALS:
+            raise RegionclipError(
+                f"--num-proposals {self.random.count}: at most {MAX_PROPOSALS:,} per image; each proposal "
+                "costs a layer4 pass and scoring holds proposals x classes probabilities, so more would "
+                "run for hours or exhaust memory (the paper uses 300)")
+
+    def describe(self) -> str:
+        if self.source == "file":
+            return f"file:{Path(self.file).resolve()}"
+        r = self.random
+        return f"random:{r.count}@grid{r.grid},min{r.min_size},seed{r.seed}"
+
+
 class ProposalSource:
-    """Where each image's regions come from: a box file (sanitised), else random boxes.
+    """Each image's regions: a box file's (sanitised), else random boxes.
 
     `max_boxes` caps a file's boxes per image with a sample that depends only on the seed and the
-    file name, so reruns propose the same regions.
+    file name, so reruns propose the same regions. New sources (an RPN) add a `source` name and a
+    branch in `for_image`; the region pipeline asks nothing else of them.
     """
 
-    def __init__(self, box_file: BoxFile | None, random_spec: RandomBoxConfig, max_boxes: int | None = None):
-        self.box_file = box_file
-        self.random_spec = random_spec
-        self.max_boxes = max_boxes
+    def __init__(self, config: ProposalConfig):
+        self.config = config
+        self.box_file = BoxFile(config.file) if config.source == "file" else None
+
+    @property
+    def is_random(self) -> bool:
+        return self.config.source == "random"
+
+    def check(self, paths: list[Path]) -> None:
+        """Problems that can be known before any image is read (ambiguous file names)."""
+        if self.box_file is not None:
+            self.box_file.index.check_unambiguous(paths, f"--boxes {self.box_file.path}")
 
     def for_image(self, path: Path, width: int, height: int) -> Proposals:
+        config = self.config
         if self.box_file is None:
-            return Proposals(random_boxes(width, height, self.random_spec, key=path.name), None, [])
+            return Proposals(random_boxes(width, height, config.random, key=path.name), None, [])
         entry = self.box_file.entry_for(path)
         boxes, problems = sanitize_boxes(entry.boxes, width, height, str(path))
-        if self.max_boxes is not None and len(boxes) > self.max_boxes:
-            order = torch.randperm(len(boxes), generator=_generator_for(path.name, self.random_spec.seed))
-            boxes = boxes[order[: self.max_boxes]]
+        if config.max_boxes is not None and len(boxes) > config.max_boxes:
+            order = torch.randperm(len(boxes), generator=_generator_for(path.name, config.random.seed))
+            boxes = boxes[order[: config.max_boxes]]
         return Proposals(boxes, entry.image_id, problems)
+
+
+PROPOSAL_SOURCES = ("random", "file")

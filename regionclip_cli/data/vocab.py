@@ -81,9 +81,14 @@ class Vocabulary:
 
 
 def clean_lvis_name(name: str) -> str:
-    """'bat_(animal)' -> 'bat', 'fire_hydrant' -> 'fire hydrant': the names CLIP can read."""
-    name = re.sub(r"_?\([^)]*\)", "", name)
-    return re.sub(r"\s+", " ", name.replace("_", " ")).strip()
+    """'bat_(animal)' -> 'bat animal', 'fire_hydrant' -> 'fire hydrant', as the original cleans them.
+
+    RegionCLIP (clip_prompt_utils.py:399-401) turns underscores into spaces and drops the
+    parentheses but keeps their text, which is what tells 'bow (weapon)' from 'bow (decorative
+    ribbon)': dropping the text too made five pairs of LVIS classes identical.
+    """
+    name = name.replace("_", " ").replace("(", " ").replace(")", " ")
+    return re.sub(r"\s+", " ", name).strip()
 
 
 def _package_json(filename: str):

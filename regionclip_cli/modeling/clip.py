@@ -22,6 +22,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
+from urllib.parse import urlsplit
 
 import open_clip
 import torch
@@ -54,6 +55,8 @@ class LoadedClip:
     input_min_size: int | None  # recommended short side for detection, from our checkpoints
     input_max_size: int | None
     device: torch.device
+    has_text_tower: bool = True  # False for detector checkpoints that carry no text tower
+    notes: tuple[str, ...] = ()  # what a user should know about where the weights came from
 
 
 def register_model_configs() -> None:
@@ -158,7 +161,30 @@ class _Weights:
     state_dict: dict[str, torch.Tensor]
     model_name: str | None  # the architecture the file names itself (our checkpoints only)
     metadata: dict[str, Any]
-    from_openai_archive: bool
+    quick_gelu: bool  # OpenAI-trained text towers (their archives, RegionCLIP's checkpoints)
+    has_text_tower: bool = True
+    notes: tuple[str, ...] = ()
+
+
+def is_detectron2_regionclip(obj: object) -> bool:
+    """The original RegionCLIP's released files: detectron2's {"model": {"backbone.…": …, …}}."""
+    return isinstance(obj, dict) and isinstance(obj.get("model"), dict) and any(
+        isinstance(k, str) and k.startswith("backbone.") for k in obj["model"])
+
+
+def _from_detectron2(model: dict, path: Path) -> _Weights:
+    """The student image tower (`backbone.*`) as CLIP's `visual.*`, the text tower from `lang_encoder.*`.
+
+    `teacher_backbone.*`, `offline_*` (the RPN) and `roi_heads.*` (detector heads) are not CLIP
+    weights and are left out. Without `lang_encoder.*` (detector files) names cannot be embedded.
+    """
+    visual = {f"visual.{k[len('backbone.'):]}": v for k, v in model.items() if k.startswith("backbone.")}
+    text = {k[len("lang_encoder."):]: v for k, v in model.items() if k.startswith("lang_encoder.")}
+    notes = ()
+    if not text:
+        notes = (f"{path}: a RegionCLIP detectron2 checkpoint without a text tower (no lang_encoder.*): "
+                 "its image tower is used; class names need --class-embeddings FILE",)
+    return _Weights({**visual, **text}, None, {}, quick_gelu=True, has_text_tower=bool(text), notes=notes)
 
 
 def _read_weights(path: Path) -> _Weights:
@@ -172,7 +198,7 @@ def _read_weights(path: Path) -> _Weights:
         except Exception as error:
             raise RegionclipError(f"{path}: a TorchScript archive that cannot be loaded ({error})".splitlines()[0]) from None
         state = {k: v for k, v in archive.state_dict().items() if k not in OPENAI_ARCHIVE_EXTRA_KEYS}
-        return _Weights(state, None, {}, from_openai_archive=True)
+        return _Weights(state, None, {}, quick_gelu=True)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for files that are not checkpoints
@@ -185,6 +211,8 @@ def _read_weights(path: Path) -> _Weights:
         if checkpoint.kind != "clip":
             raise RegionclipError(f"{path}: a regionclip '{checkpoint.kind}' checkpoint, not CLIP weights")
         return _Weights(checkpoint.state_dict, checkpoint.model, checkpoint.metadata, False)
+    if is_detectron2_regionclip(obj):
+        return _from_detectron2(obj["model"], path)
     state = obj
     if isinstance(obj, dict):
         for key in ("state_dict", "model"):
@@ -198,6 +226,17 @@ def _read_weights(path: Path) -> _Weights:
     if all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
     return _Weights(state, None, {}, False)
+
+
+def _guess_model(state: dict[str, torch.Tensor]) -> str | None:
+    """The open_clip name whose image tower has this state dict's shape (RN50, RN50x4, ...)."""
+    signature = _state_signature(state)
+    if signature is None:
+        return None
+    for name in open_clip.list_models():
+        if not name.endswith("-quickgelu") and _vision_signature(open_clip.get_model_config(name)) == signature:
+            return name
+    return None
 
 
 def _vision_signature(config: dict[str, Any]) -> tuple | None:
@@ -247,10 +286,15 @@ def _looks_like(state: dict[str, torch.Tensor]) -> str:
     return "it does not look like an open_clip CLIP state dict"
 
 
-def _load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path, name: str) -> None:
-    """Strict loading with errors a user can act on; tensors are cast to the model's dtypes."""
+def _load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path, name: str,
+               *, image_tower_only: bool = False) -> None:
+    """Strict loading with errors a user can act on; tensors are cast to the model's dtypes.
+
+    `image_tower_only`: the file holds no text side, which then keeps the architecture's values.
+    """
     expected = model.state_dict()
-    optional = {k for k in expected if k.endswith("num_batches_tracked")}
+    optional = {k for k in expected if k.endswith("num_batches_tracked") or k == "logit_scale"
+                or (image_tower_only and not k.startswith("visual."))}
     missing = [k for k in expected if k not in state and k not in optional]
     unexpected = [k for k in state if k not in expected]
     if missing or unexpected:
@@ -305,6 +349,7 @@ def load_clip(
             )
 
     metadata: dict[str, Any] = {}
+    has_text, notes = True, ()
     if weights is not None:
         path = Path(weights)
         loaded = _read_weights(path)
@@ -315,11 +360,14 @@ def load_clip(
                     f"drop --model or pass --model {loaded.model_name}"
                 )
             name = loaded.model_name
+        if model is None and loaded.model_name is None:
+            name = _guess_model(loaded.state_dict) or name
         check_model_name(name)
-        name = _with_quick_gelu(name, loaded.from_openai_archive)
-        clip = _build(name, quick_gelu=loaded.from_openai_archive)
-        _load_into(clip, loaded.state_dict, path, name)
+        name = _with_quick_gelu(name, loaded.quick_gelu)
+        clip = _build(name, quick_gelu=loaded.quick_gelu)
+        _load_into(clip, loaded.state_dict, path, name, image_tower_only=not loaded.has_text_tower)
         metadata = loaded.metadata
+        has_text, notes = loaded.has_text_tower, loaded.notes
         source = f"sha256:{file_sha256(path)[:16]}"
     elif pretrained is not None:
         check_model_name(name)
@@ -346,7 +394,36 @@ def load_clip(
         input_min_size=_size_from(metadata, "input_min_size"),
         input_max_size=_size_from(metadata, "input_max_size"),
         device=device,
+        has_text_tower=has_text,
+        notes=notes,
     )
+
+
+def _is_cached(cfg: dict[str, Any]) -> bool:
+    """Whether open_clip would find these pretrained weights on disk without downloading."""
+    hub = cfg.get("hf_hub", "")
+    if hub:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+        except ImportError:
+            hub = ""
+        else:
+            repo, filename = os.path.split(hub)  # "org/model/" names the repository's default file
+            names = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+            if any(isinstance(try_to_load_from_cache(repo, n), str) for n in names):
+                return True
+    url = cfg.get("url", "")
+    return bool(url) and (Path.home() / ".cache" / "clip" / os.path.basename(url)).is_file()
+
+
+def _reachable(host: str, timeout: float = 3.0) -> bool:
+    import socket
+
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 def _create_pretrained(name: str, tag: str) -> tuple[torch.nn.Module, str]:
@@ -356,10 +433,19 @@ def _create_pretrained(name: str, tag: str) -> tuple[torch.nn.Module, str]:
             raise RegionclipError(f"--pretrained {tag}: to load a local file, pass it with --weights {tag}")
         valid = ", ".join(tags) if tags else "none (use --weights FILE)"
         raise RegionclipError(f"--pretrained {tag}: not a pretrained tag of {name}; valid tags: {valid}")
-    quick_gelu = bool(open_clip.get_pretrained_cfg(name, tag).get("quick_gelu", False))
+    cfg = open_clip.get_pretrained_cfg(name, tag)
+    if not _is_cached(cfg):
+        host = "huggingface.co" if cfg.get("hf_hub") else urlsplit(cfg.get("url", "")).hostname or "huggingface.co"
+        if not _reachable(host):
+            raise RegionclipError(
+                f"--model {name} --pretrained {tag}: the weights are not cached here and {host} cannot be "
+                f"reached (offline?); download them on a connected machine and pass the file with --weights FILE")
+    quick_gelu = bool(cfg.get("quick_gelu", False))
     name = _with_quick_gelu(name, quick_gelu)
     try:
-        return open_clip.create_model(name, pretrained=tag, force_quick_gelu=quick_gelu), name
+        with _quiet_open_clip(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return open_clip.create_model(name, pretrained=tag, force_quick_gelu=quick_gelu), name
     except Exception as error:  # network, hub and file errors all mean the same thing to the user
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise RegionclipError(

@@ -14,6 +14,9 @@ keys and values of every token; `attention_pool` folds the key projection into t
 value projection after the weighted sum, which is exact algebra and cuts the pool from ~1.5 GFLOPs
 to ~45 MFLOPs per box for RN50 (a third of the per-box cost of the stock pool plus layer4).
 
+Inputs are tensors and boxes in input pixels: images already resized and normalised (the data
+layer's `ImageTransform` does that), boxes already scaled by the same factor.
+
 Batches of differently sized images are expected zero-padded at the bottom/right (zero is the mean
 colour after normalisation), each image at the top-left of its slot. Every layer is
 translation-equivariant with its downsampling anchored at the top-left, so an image's feature map
@@ -26,6 +29,7 @@ influence each other.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -33,13 +37,19 @@ from torch import nn
 from torchvision.ops import roi_align
 
 TRUNK_STRIDE = 16
+# Elements one trunk call may produce in its largest activation. torchvision's and PyTorch's CPU
+# kernels index some buffers with 32-bit integers: a batch of 150 images at 800 px crashed
+# (exit 139) past 2**31 elements, so batches are cut into image chunks well below that.
+MAX_TRUNK_ELEMENTS = 2**29
 
 
 class RegionEncoder(nn.Module):
     """Wraps (and shares the weights of) an open_clip `ModifiedResNet` image tower.
 
-    `box_chunk` bounds memory: layer4 runs on at most that many boxes at once, which keeps
-    1000 proposals on an RN50 at a few hundred MB instead of several GB.
+    Memory stays bounded whatever the batch: the trunk runs on image chunks whose largest
+    activation stays under `MAX_TRUNK_ELEMENTS`, and RoIAlign, layer4 and the attention pool on
+    at most `box_chunk` boxes at once (1000 proposals on an RN50 take a few hundred MB instead of
+    several GB). Chunking changes no value: every image and every box is computed independently.
     """
 
     def __init__(self, visual: nn.Module, box_chunk: int = 256):
@@ -55,6 +65,8 @@ class RegionEncoder(nn.Module):
             raise ValueError(f"attention pool positional embedding has {rows} rows, not P*P+1")
         self.roi_size = 2 * self.pool_grid  # layer4 halves it back to the pool's grid
         self.box_chunk = box_chunk
+        # The stem's last convolution (full width, half resolution) holds the largest activation.
+        self._stem_width = int(visual.conv3.out_channels)
 
     @property
     def output_dim(self) -> int:
@@ -64,12 +76,25 @@ class RegionEncoder(nn.Module):
         """[B, 3, H, W] normalised images → stride-4 layer1 features."""
         return self.visual.layer1(self.visual.stem(images))
 
+    def images_per_call(self, height: int, width: int) -> int:
+        """How many images of this size one trunk call takes (see `MAX_TRUNK_ELEMENTS`)."""
+        per_image = self._stem_width * math.ceil(height / 2) * math.ceil(width / 2)
+        return max(1, MAX_TRUNK_ELEMENTS // max(per_image, 1))
+
     def trunk(self, images: torch.Tensor, layer1_features: torch.Tensor | None = None) -> torch.Tensor:
         """[B, 3, H, W] normalised images → [B, C, ~H/16, ~W/16] res4 features.
 
         `layer1_features` skips the stem and layer1 when another tower with the same frozen
         stem and layer1 (the teacher, for a student initialised from it) has computed them.
         """
+        chunk = self.images_per_call(images.shape[-2], images.shape[-1])
+        if images.shape[0] > chunk:
+            parts = [None] * images.shape[0] if layer1_features is None else layer1_features.split(chunk)
+            return torch.cat([self._trunk(part, given)
+                              for part, given in zip(images.split(chunk), parts)])
+        return self._trunk(images, layer1_features)
+
+    def _trunk(self, images: torch.Tensor, layer1_features: torch.Tensor | None) -> torch.Tensor:
         if layer1_features is None:
             layer1_features = self.layer1(images)
         return self.visual.layer3(self.visual.layer2(layer1_features))
@@ -78,30 +103,46 @@ class RegionEncoder(nn.Module):
         """Embed boxes ([Ni, 4] x1y1x2y2 in input-tensor pixels, one tensor per image) → [ΣNi, D].
 
         Outputs follow the order of `boxes` (image by image, box by box), unnormalised like
-        `encode_image`.
+        `encode_image`. RoIAlign runs in float32 whatever the features' dtype, as torchvision's
+        own autocast rule does: a bf16 box coordinate near 1,000 px is off by up to 4 px.
         """
         if len(boxes) != features.shape[0]:
             raise ValueError(f"{len(boxes)} box tensors for a batch of {features.shape[0]} images")
         total = sum(int(b.shape[0]) for b in boxes)
         if total == 0:
             return features.new_zeros((0, self.output_dim))
-        regions = roi_align(
-            features,
-            [b.to(device=features.device, dtype=features.dtype) for b in boxes],
-            output_size=self.roi_size,
-            spatial_scale=1.0 / TRUNK_STRIDE,
-            sampling_ratio=0,
-            aligned=True,
-        )
+        exact = torch.promote_types(features.dtype, torch.float32)  # at least float32
+        rois = torch.cat([
+            torch.cat([torch.full((len(b), 1), float(i), device=features.device, dtype=exact),
+                       b.to(device=features.device, dtype=exact)], dim=1)
+            for i, b in enumerate(boxes)
+        ])
+        features32 = features.to(exact)
         visual = self.visual
-        return torch.cat(
-            [attention_pool(visual.attnpool, visual.layer4(chunk)) for chunk in regions.split(self.box_chunk)]
-        )
+        embedded = []
+        for chunk in rois.split(self.box_chunk):
+            regions = roi_align(features32, chunk, output_size=self.roi_size,
+                                spatial_scale=1.0 / TRUNK_STRIDE, sampling_ratio=0, aligned=True)
+            embedded.append(attention_pool(visual.attnpool, visual.layer4(regions.to(features.dtype))))
+        return torch.cat(embedded)
 
     def forward(self, images: torch.Tensor, boxes: list[torch.Tensor],
                 layer1_features: torch.Tensor | None = None) -> torch.Tensor:
         return self.pool(self.trunk(images, layer1_features), boxes)
 
+
+def frozen_region_encoder(visual: nn.Module, *, box_chunk: int = 256) -> RegionEncoder:
+    """An inference-only region encoder on a batch-norm-folded *copy* of `visual`.
+
+    The caller's tower is left as it was (training mode, batch norm and all), so the same loaded
+    CLIP can still be trained, saved or encoded with afterwards. The copy is frozen and in eval
+    mode, and its batch norm is folded into the convolutions (exact, faster).
+    """
+    from regionclip_cli.modeling.batchnorm_folding import fold_batchnorm
+
+    tower = copy.deepcopy(visual).eval().requires_grad_(False)
+    fold_batchnorm(tower)
+    return RegionEncoder(tower, box_chunk=box_chunk).eval()
 
 
 def attention_pool(pool: nn.Module, features: torch.Tensor) -> torch.Tensor:
@@ -127,18 +168,3 @@ def attention_pool(pool: nn.Module, features: torch.Tensor) -> torch.Tensor:
     values = torch.bmm(mixed, value_weight.to(mixed.dtype).transpose(1, 2))  # [H, N, d]
     values = values.transpose(0, 1).reshape(batch, channels) + pool.v_proj.bias.to(values.dtype)
     return nn.functional.linear(values, pool.c_proj.weight, pool.c_proj.bias)
-
-
-def embed_image_regions(encoder: RegionEncoder, images: list, boxes: list[torch.Tensor],
-                        device: torch.device) -> list[torch.Tensor]:
-    """L2-normalised float embeddings, one [Ni, D] tensor per image, for prepared images.
-
-    `images` carry `.tensor` (resized, normalised [3, H, W]) and `.scale` (original → input
-    pixels), as `images.LoadedImage` does; `boxes` are in original-image pixels.
-    """
-    from regionclip_cli.data.images import pad_batch
-
-    batch = pad_batch([image.tensor for image in images]).to(device)
-    scaled = [b.to(device) * image.scale for b, image in zip(boxes, images)]
-    embeddings = nn.functional.normalize(encoder(batch, scaled).float(), dim=-1)
-    return list(embeddings.split([len(b) for b in boxes]))

@@ -25,7 +25,8 @@ if TYPE_CHECKING:
     from regionclip_cli.modeling.clip import LoadedClip
 
 SINGLE_TEMPLATE = "a photo of a {}."
-TEMPLATE_CHOICES = ("ensemble", "single")
+# Embedding widths of the CLIPs users meet, for errors about files made with another model.
+WIDTHS = "1024 = RN50, 640 = RN50x4, 512 = RN101/ViT-B, 768 = RN50x16"
 
 
 def ensemble_templates() -> list[str]:
@@ -109,6 +110,10 @@ def embed_names(
     """
     if not names:
         raise RegionclipError("nothing to embed: the name list is empty")
+    if not getattr(clip, "has_text_tower", True):
+        raise RegionclipError(
+            f"{clip.identity}: the weights hold no text tower, so names cannot be embedded; pass the "
+            "class embeddings with --class-embeddings FILE")
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     entry = cache_dir / "text" / f"{_cache_key(clip.identity, names, templates)}.pt"
     if entry.is_file():
@@ -179,3 +184,29 @@ def check_matches(table: TextEmbeddings, clip: LoadedClip, origin: str = "embedd
             f"{origin}: embedded with {table.model_identity}, but the model is {clip.identity}; "
             "re-embed with the same --model/--weights"
         )
+
+
+def read_class_embeddings(path: str | os.PathLike, clip: LoadedClip, vocabulary) -> torch.Tensor:
+    """[K, D] L2-normalised embeddings from a file, one row per vocabulary class, in its order.
+
+    The file holds a plain [K, D] tensor (the original RegionCLIP's class and concept embedding
+    files, un-normalised) or a regionclip text-embeddings file whose names must be the vocabulary's.
+    """
+    payload = read_torch_file(path, "class embeddings")
+    origin = f"--class-embeddings {path}"
+    if isinstance(payload, dict) and payload.get("format") == "regionclip-text-embeddings":
+        if list(payload["names"]) != list(vocabulary.names):
+            raise RegionclipError(f"{origin}: embeds other names than --vocab {vocabulary.name}")
+        payload = payload["embeddings"]
+    if not isinstance(payload, torch.Tensor) or payload.dim() != 2 or not payload.is_floating_point():
+        raise RegionclipError(f"{origin}: expected a [classes, width] float tensor")
+    count, width = payload.shape
+    if count != len(vocabulary):
+        raise RegionclipError(
+            f"{origin}: {count} class embeddings, but --vocab {vocabulary.name} has {len(vocabulary)} classes; "
+            "pass the vocabulary the file was made for, in its order")
+    if width != clip.embed_dim:
+        raise RegionclipError(
+            f"{origin}: embeddings are {width}-d but {clip.name} embeds regions in {clip.embed_dim}-d "
+            f"({WIDTHS}); pass the --model the file was made with")
+    return torch.nn.functional.normalize(payload.float(), dim=-1)

@@ -1,1 +1,5 @@
-"""Stage 2: the frozen teacher names each proposed region with its best concept."""
+"""Pseudo labels: the frozen teacher's best concept per proposed region, `run(PseudoLabelConfig(...))`."""
+
+from regionclip_cli.stages.pseudolabel.stage import PseudoLabelConfig, PseudoLabelResult, Reporter, run
+
+__all__ = ["PseudoLabelConfig", "PseudoLabelResult", "Reporter", "run"]

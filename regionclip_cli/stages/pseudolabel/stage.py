@@ -1,0 +1,144 @@
+"""The pseudolabel stage as a library call: `run(PseudoLabelConfig(...))`, what the CLI calls.
+
+The frozen teacher labels each image's proposals with its best concept of the pool, through the
+shared region pipeline (`stages.regions`), shard by shard: a rerun after an interruption writes
+only the missing shards, and other settings into the same folder are refused unless told to
+overwrite (`data.pseudolabel_shards`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from regionclip_cli.core.errors import RegionclipError
+from regionclip_cli.data.images import ImageTransform, find_images
+from regionclip_cli.data.proposals import ProposalConfig, ProposalSource, RandomBoxConfig
+from regionclip_cli.data.pseudolabel_shards import ShardConfig, ShardedLabels, digest
+from regionclip_cli.stages.pseudolabel.labeler import LabelRuleConfig, label_records
+
+
+@dataclass(frozen=True)
+class PseudoLabelConfig:
+    """One pseudolabel run; the CLI's options map onto it one to one.
+
+    `model=None` (and no weights or tag) takes the teacher the concept file was embedded with.
+    """
+
+    images: Sequence
+    concepts: Path
+    out: Path = Path("runs/pseudolabels")
+    model: str | None = None
+    pretrained: str | None = None
+    weights: Path | None = None
+    boxes: Path | None = None
+    regions: int = 100
+    rule: LabelRuleConfig = field(default_factory=LabelRuleConfig)
+    seed: int = 0
+    shard_size: int = 256
+    min_size: int | None = None
+    max_size: int | None = None
+    batch_size: int = 1
+    pictures: int = 8
+    overwrite: bool = False
+    device: str = "auto"
+
+
+@dataclass
+class PseudoLabelResult:
+    summary: dict
+    out: Path
+    failures: list[str]  # images that could not be labelled, one line each
+    warnings: list[str]  # skipped boxes
+    resumed_shards: int = 0
+    total_shards: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failures or self.warnings else 0
+
+
+class Reporter:
+    """Progress of a run (the CLI draws a bar); Python code may ignore it."""
+
+    def start(self, total: int, done: int) -> None: ...
+
+    def shard_done(self, images: int, index: int, total: int) -> None: ...
+
+
+def teacher_options(config: PseudoLabelConfig, model_name: str, model_identity: str) -> tuple[str | None, str | None]:
+    """(model, pretrained) for the teacher: the options, else what the concept file records."""
+    if config.model is not None or config.weights is not None or config.pretrained is not None:
+        return config.model, config.pretrained
+    source = model_identity.split("@", 1)[1] if "@" in model_identity else ""
+    pretrained = source[len("pretrained:"):] if source.startswith("pretrained:") else None
+    return model_name.removesuffix("-quickgelu") if pretrained else model_name, pretrained
+
+
+def run(config: PseudoLabelConfig, reporter: Reporter | None = None) -> PseudoLabelResult:
+    from regionclip_cli.core.atomic import write_json
+    from regionclip_cli.core.devices import resolve_device
+    from regionclip_cli.modeling.clip import load_clip
+    from regionclip_cli.modeling.region_encoder import frozen_region_encoder
+    from regionclip_cli.modeling.text import check_matches, load_text_embeddings
+    from regionclip_cli.stages.regions import embed_regions
+    from regionclip_cli.stages.zeroshot.stage import resize_for
+
+    reporter = reporter or Reporter()
+    paths, missing = find_images(config.images)
+    if not paths:
+        raise RegionclipError("no images to label: " + "; ".join(missing or ["no inputs given"]))
+    pool = load_text_embeddings(config.concepts)
+    proposals = ProposalSource(ProposalConfig(
+        "file" if config.boxes is not None else "random", config.boxes,
+        RandomBoxConfig(count=config.regions, seed=config.seed), max_boxes=config.regions))
+    proposals.check(paths)
+    model, pretrained = teacher_options(config, pool.model_name, pool.model_identity)
+    try:
+        clip = load_clip(model, pretrained=pretrained, weights=config.weights, device=resolve_device(config.device))
+    except RegionclipError as error:
+        if model is config.model:
+            raise
+        raise RegionclipError(f"{error} (the teacher {pool.model_identity} comes from --concepts "
+                              f"{config.concepts}; pass --model/--weights to choose another)") from None
+    check_matches(pool, clip, origin=f"--concepts {config.concepts}")
+    settings = ShardConfig(
+        model_identity=clip.identity, concepts=digest(pool.names),
+        proposals=f"file:{Path(config.boxes).resolve()}" if config.boxes else "random",
+        regions_per_image=config.regions, threshold=config.rule.threshold,
+        temperature=config.rule.temperature, seed=config.seed, shard_size=config.shard_size,
+        images=digest([str(p.resolve()) for p in paths]))
+    shards = ShardedLabels(config.out, settings, paths, overwrite=config.overwrite)
+    encoder = frozen_region_encoder(clip.model.visual)
+    transform = ImageTransform(clip.mean, clip.std, resize_for(clip, config.min_size, config.max_size))
+    concepts = torch.nn.functional.normalize(pool.embeddings.float(), dim=-1).to(clip.device)
+
+    pending = shards.pending()
+    done_images = len(paths) - sum(len(shards.shard_images(i)) for i in pending)
+    reporter.start(len(paths), done_images)
+    box_problems: list[str] = []
+    for index in pending:
+        shard_paths = shards.shard_images(index)
+        embedded = embed_regions(encoder, transform, proposals, shard_paths, device=clip.device,
+                                 batch_size=config.batch_size)
+        shards.write_shard(index, label_records(embedded, concepts, config.rule, pool.names, box_problems))
+        reporter.shard_done(len(shard_paths), index, shards.num_shards)
+    summary = shards.summary()
+    write_json(Path(config.out) / "summary.json", summary, indent=2)
+    records = list(shards.records())
+    if config.pictures:
+        from regionclip_cli.stages.pseudolabel.pictures import draw_labelled_records
+
+        draw_labelled_records(records, Path(config.out) / "pictures", limit=config.pictures)
+    failures = list(missing) + [r["error"] for r in records if "error" in r]
+    notes = []
+    if proposals.is_random:
+        notes.append("random proposals: right for pseudo labels and region features; pictures show each "
+                     "image's most confident non-overlapping regions")
+    return PseudoLabelResult(summary, Path(config.out), failures, box_problems,
+                             resumed_shards=shards.num_shards - len(pending), total_shards=shards.num_shards,
+                             notes=notes)
