@@ -133,13 +133,13 @@ def main() -> int:
     args = parser.parse_args()
 
     from regionclip_cli.stages.concepts.corpus import normalise_whitespace
-    from regionclip_cli.stages.concepts.parse import ConceptParser, ParseSettings, concepts_in_doc, load_spacy
-    from regionclip_cli.stages.concepts.stream import CountSettings, count_concepts
+    from regionclip_cli.stages.concepts.parse import ConceptParser, ParseConfig, concepts_in_doc, load_spacy
+    from regionclip_cli.stages.concepts.stream import CountConfig, count_concepts
 
     captions = [normalise_whitespace(c) for c in build_corpus(args.captions, args.seed)]
     distinct = len(set(captions))
     print(f"corpus: {len(captions):,} captions, {distinct:,} distinct ({distinct / len(captions):.1%})")
-    settings = ParseSettings()
+    settings = ParseConfig()
     subset = random.Random(args.seed + 1).sample(captions, min(args.baseline, len(captions)))
 
     # 1. the obvious loop, full default pipeline (NER included), one caption at a time
@@ -172,7 +172,7 @@ def main() -> int:
         corpus = Path(tmp) / "captions.txt"
         corpus.write_text("\n".join(captions) + "\n", encoding="utf-8")
         start, cpu = time.perf_counter(), cpu_seconds()
-        result = count_concepts([corpus], CountSettings(parse=settings, min_count=100,
+        result = count_concepts([corpus], CountConfig(parse=settings, min_count=100,
                                                         workers=args.workers, checkpoint_every_s=1e9))
         seconds = time.perf_counter() - start
         fast_cpu_rate = rate(result.counts.captions, cpu_seconds() - cpu)

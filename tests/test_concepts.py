@@ -13,15 +13,15 @@ from typer.testing import CliRunner
 from regionclip_cli.cli.concepts import concepts as concepts_command
 from regionclip_cli.stages.concepts.corpus import read_captions
 from regionclip_cli.stages.concepts.counts import ConceptCounts
-from regionclip_cli.stages.concepts.parse import ConceptParser, ParseSettings, load_spacy, resolve_stop_words
+from regionclip_cli.stages.concepts.parse import ConceptParser, ParseConfig, load_spacy, resolve_stop_words
 from regionclip_cli.stages.concepts.pool import select_concepts, vocabulary_index
-from regionclip_cli.stages.concepts.stream import CountSettings, count_concepts
+from regionclip_cli.stages.concepts.stream import CountConfig, count_concepts
 from regionclip_cli.core.errors import RegionclipError
 
 
 @pytest.fixture(scope="module")
 def parser() -> ConceptParser:
-    return ConceptParser(ParseSettings())
+    return ConceptParser(ParseConfig())
 
 
 def _read(paths):
@@ -95,7 +95,7 @@ def test_emoji_symbols_and_invisible_characters_are_not_part_of_concepts(tmp_pat
                     encoding="utf-8")
     captions, _, _ = _read([path])
     assert [c.text for c in captions] == ["cat", "triangle", "circle", "cat", "1 firehydrant"]
-    counts = count_concepts([path], CountSettings(min_count=1))
+    counts = count_concepts([path], CountConfig(min_count=1))
     assert {"cat", "triangle", "circle"} <= set(counts.counts.counts)
     assert counts.counts.counts["cat"] == 2
     assert all(name.isascii() for name in counts.counts.counts)
@@ -135,7 +135,7 @@ def test_stop_words_are_configurable(tmp_path):
     assert resolve_stop_words(str(words)) == {"cat", "mouse"}
     with pytest.raises(RegionclipError, match="--stop-words"):
         resolve_stop_words("no-such-file")
-    custom = ConceptParser(ParseSettings(stop_words=frozenset({"dog"})))
+    custom = ConceptParser(ParseConfig(stop_words=frozenset({"dog"})))
     assert custom.parse(["A dog and a picture."]) == [("picture",)]
 
 
@@ -197,7 +197,7 @@ def _corpus(tmp_path: Path) -> list[Path]:
 
 def test_resume_after_an_interruption_gives_the_same_counts(tmp_path, monkeypatch):
     paths = _corpus(tmp_path)
-    settings = CountSettings(min_count=1, chunk_size=7, checkpoint_every_s=0.0)
+    settings = CountConfig(min_count=1, chunk_size=7, checkpoint_every_s=0.0)
     whole = count_concepts(paths, settings, checkpoint=tmp_path / "whole.json")
 
     calls = {"n": 0}
@@ -229,7 +229,7 @@ def test_resume_after_an_interruption_gives_the_same_counts(tmp_path, monkeypatc
 
 def test_changed_inputs_start_over(tmp_path):
     paths = _corpus(tmp_path)
-    settings = CountSettings(min_count=1)
+    settings = CountConfig(min_count=1)
     checkpoint = tmp_path / "ck.json"
     count_concepts(paths, settings, checkpoint=checkpoint)
     with open(paths[0], "a") as stream:
@@ -242,7 +242,7 @@ def test_changed_inputs_start_over(tmp_path):
 def test_duplicates_are_parsed_once(tmp_path):
     path = tmp_path / "dup.txt"
     path.write_text("A dog on a sofa.\n" * 50 + "A cat.\n")
-    result = count_concepts([path], CountSettings(min_count=1, chunk_size=8))
+    result = count_concepts([path], CountConfig(min_count=1, chunk_size=8))
     assert result.parsed == 2 and result.counts.counts["dog"] == 50
 
 
@@ -291,40 +291,40 @@ def test_command_clean_input_exits_0_and_bad_input_is_a_usage_error(tmp_path):
 
 def test_world_captions_are_embedded_by_the_world_teacher(small_world, tmp_path):
     from regionclip_cli.modeling.clip import file_sha256, shipped_weights
-    from regionclip_cli.stages.concepts.embed import EmbedSettings, model_from_inputs
+    from regionclip_cli.stages.concepts.embed import EmbedConfig, model_from_inputs
 
     captions = small_world / "captions.jsonl"
-    settings, origin = model_from_inputs(EmbedSettings(), [captions], tmp_path)
+    settings, origin = model_from_inputs(EmbedConfig(), [captions], tmp_path)
     assert settings.model == "world-tiny" and "synthetic world" in origin
-    assert model_from_inputs(EmbedSettings(model="RN50"), [captions], tmp_path)[0].model == "RN50"
+    assert model_from_inputs(EmbedConfig(model="RN50"), [captions], tmp_path)[0].model == "RN50"
     plain = tmp_path / "plain.txt"
     plain.write_text("A dog.\n")
-    assert model_from_inputs(EmbedSettings(), [captions, plain], tmp_path) == (EmbedSettings(), None)
+    assert model_from_inputs(EmbedConfig(), [captions, plain], tmp_path) == (EmbedConfig(), None)
     # A rerun into a folder keeps the model its pool was embedded with.
     shipped = f"world-tiny@sha256:{file_sha256(shipped_weights('world-tiny'))[:16]}"
     (tmp_path / "concepts.json").write_text(json.dumps({"model_identity": shipped}))
-    again, origin = model_from_inputs(EmbedSettings(), [plain], tmp_path)
+    again, origin = model_from_inputs(EmbedConfig(), [plain], tmp_path)
     assert again.model == "world-tiny" and "concepts.json" in origin
 
 
 @pytest.mark.slow
 def test_concepts_of_a_world_without_model_option_embed_with_world_tiny(small_world, tmp_path):
-    from regionclip_cli.stages.concepts import Callbacks, ConceptJob, EmbedSettings, build_concept_pool
+    from regionclip_cli.stages.concepts import Callbacks, ConceptsConfig, EmbedConfig, build_concept_pool
 
     chosen = []
     report = build_concept_pool(
-        ConceptJob([small_world / "captions.jsonl"], tmp_path / "pool", CountSettings(min_count=1, workers=1),
-                   embed=EmbedSettings(templates="single", device="cpu", cache_dir=tmp_path / "cache")),
+        ConceptsConfig([small_world / "captions.jsonl"], tmp_path / "pool", CountConfig(min_count=1, workers=1),
+                   embed=EmbedConfig(templates="single", device="cpu", cache_dir=tmp_path / "cache")),
         Callbacks(on_model=lambda name, origin: chosen.append(name)), progress=False)
     assert chosen == ["world-tiny"] and report.model_identity.startswith("world-tiny@")
 
 
 def test_a_pool_embedded_with_other_weights_names_them(tmp_path):
-    from regionclip_cli.stages.concepts.embed import EmbedSettings, model_from_inputs
+    from regionclip_cli.stages.concepts.embed import EmbedConfig, model_from_inputs
 
     (tmp_path / "concepts.json").write_text(json.dumps({"model_identity": "RN50@pretrained:openai"}))
-    settings, _ = model_from_inputs(EmbedSettings(), [tmp_path / "c.txt"], tmp_path)
+    settings, _ = model_from_inputs(EmbedConfig(), [tmp_path / "c.txt"], tmp_path)
     assert (settings.model, settings.pretrained) == ("RN50", "openai")
     (tmp_path / "concepts.json").write_text(json.dumps({"model_identity": "RN50@sha256:0123456789abcdef"}))
     with pytest.raises(RegionclipError, match="embedded with RN50@sha256:0123456789abcdef .*--weights"):
-        model_from_inputs(EmbedSettings(), [tmp_path / "c.txt"], tmp_path)
+        model_from_inputs(EmbedConfig(), [tmp_path / "c.txt"], tmp_path)

@@ -50,24 +50,25 @@ def concepts(
     """
     import time
 
-    from regionclip_cli.stages.concepts import Callbacks, ConceptJob, CountSettings, EmbedSettings, ParseSettings, build_concept_pool
+    from regionclip_cli.stages.concepts import (Callbacks, ConceptsConfig, CountConfig, EmbedConfig, ParseConfig,
+                                                build_concept_pool)
     from regionclip_cli.stages.concepts.parse import resolve_stop_words
     from regionclip_cli.core.errors import EXIT_SOME_INPUTS_FAILED, RegionclipError
     from regionclip_cli.core.progress import progress_bar, stderr_console
 
     if weights is not None and not weights.is_file():
         raise RegionclipError(f"--weights {weights}: no such file")
-    job = ConceptJob(
+    job = ConceptsConfig(
         captions=captions,
         out_dir=out,
-        counting=CountSettings(
-            parse=ParseSettings(spacy_model, resolve_stop_words(stop_words), batch_size),
+        counting=CountConfig(
+            parse=ParseConfig(spacy_model, resolve_stop_words(stop_words), batch_size),
             min_count=min_count,
             workers=workers,
         ),
         max_concepts=max_concepts,
         vocab_filter=vocab_filter,
-        embed=EmbedSettings(model, pretrained, weights, templates, device, cache_dir) if embed else None,
+        embed=EmbedConfig(model, pretrained, weights, templates, device, cache_dir) if embed else None,
     )
 
     shown = 0

@@ -13,26 +13,26 @@ from typing import Callable, Sequence
 from regionclip_cli.stages.concepts.corpus import Malformed, check_inputs
 from regionclip_cli.stages.concepts.embed import (
     EMBEDDINGS_FILE,
-    EmbedSettings,
+    EmbedConfig,
     embed_pool,
     load_embedder,
     model_from_inputs,
 )
 from regionclip_cli.stages.concepts.pool import PoolEntry, pool_document, select_concepts, vocabulary_index, write_pool
-from regionclip_cli.stages.concepts.stream import CountResult, CountSettings, count_concepts
+from regionclip_cli.stages.concepts.stream import CountResult, CountConfig, count_concepts
 from regionclip_cli.core.errors import RegionclipError
 
 CHECKPOINT_FILE = "concepts.checkpoint.json"
 
 
 @dataclass(frozen=True)
-class ConceptJob:
+class ConceptsConfig:
     captions: Sequence[Path]
     out_dir: Path
-    counting: CountSettings = field(default_factory=CountSettings)
+    counting: CountConfig = field(default_factory=CountConfig)
     max_concepts: int | None = None
     vocab_filter: str | None = None
-    embed: EmbedSettings | None = field(default_factory=EmbedSettings)
+    embed: EmbedConfig | None = field(default_factory=EmbedConfig)
     """None: write names and counts only (--no-embed)."""
 
 
@@ -61,7 +61,7 @@ class Callbacks:
     """Called when the embedding model was taken from the inputs: (model, where it came from)."""
 
 
-def build_concept_pool(job: ConceptJob, callbacks: Callbacks = Callbacks(),
+def build_concept_pool(job: ConceptsConfig, callbacks: Callbacks = Callbacks(),
                        *, progress: bool = True) -> ConceptReport:
     """Count concepts over the captions (resuming OUT's checkpoint), keep the pool, write it."""
     readable, missing = check_inputs(job.captions)

@@ -22,7 +22,7 @@ _LARGEST_WORLD_ANNOTATIONS = 64 << 20  # bytes; a bigger annotations.json is no 
 
 
 @dataclass(frozen=True)
-class EmbedSettings:
+class EmbedConfig:
     model: str | None = None  # None: the model the inputs name (model_from_inputs), else RN50
     pretrained: str | None = None
     weights: Path | None = None
@@ -56,7 +56,7 @@ def _is_world_captions(path: Path) -> bool:
     return isinstance(info, dict) and info.get("description") == WORLD_DESCRIPTION
 
 
-def _settings_from_identity(settings: EmbedSettings, identity: str, origin: str) -> EmbedSettings:
+def _settings_from_identity(settings: EmbedConfig, identity: str, origin: str) -> EmbedConfig:
     """The --model/--pretrained that reproduce a recorded model identity ("name@source")."""
     from regionclip_cli.modeling.clip import file_sha256, shipped_weights
 
@@ -72,8 +72,8 @@ def _settings_from_identity(settings: EmbedSettings, identity: str, origin: str)
     )
 
 
-def model_from_inputs(settings: EmbedSettings, captions: Sequence[Path],
-                      out_dir: Path) -> tuple[EmbedSettings, str | None]:
+def model_from_inputs(settings: EmbedConfig, captions: Sequence[Path],
+                      out_dir: Path) -> tuple[EmbedConfig, str | None]:
     """Without --model/--weights/--pretrained, the model the inputs name, and where it came from.
 
     A rerun into a folder whose pool was embedded keeps that model (its embeddings stay in the
@@ -95,7 +95,7 @@ def model_from_inputs(settings: EmbedSettings, captions: Sequence[Path],
     return settings, None
 
 
-def load_embedder(settings: EmbedSettings) -> Embedder:
+def load_embedder(settings: EmbedConfig) -> Embedder:
     from regionclip_cli.core.devices import resolve_device
     from regionclip_cli.modeling.clip import load_clip
     from regionclip_cli.modeling.text import resolve_templates

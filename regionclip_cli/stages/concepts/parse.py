@@ -77,7 +77,7 @@ def resolve_stop_words(spec: str) -> frozenset[str]:
 
 
 @dataclass(frozen=True)
-class ParseSettings:
+class ParseConfig:
     """What decides which concepts a caption yields (and so whether a checkpoint still applies)."""
 
     spacy_model: str = DEFAULT_SPACY_MODEL
@@ -156,7 +156,7 @@ def concepts_in_doc(doc, stop_words: frozenset[str],
 class ConceptParser:
     """Captions in, concepts out, with the cheapest pipeline that gives the same concepts."""
 
-    def __init__(self, settings: ParseSettings, nlp=None):
+    def __init__(self, settings: ParseConfig, nlp=None):
         """`nlp`: an already loaded `load_spacy(settings.spacy_model)`, to avoid loading twice."""
         self.settings = settings
         self.nlp = nlp if nlp is not None else load_spacy(settings.spacy_model)
@@ -178,7 +178,7 @@ _worker_parser: ConceptParser | None = None
 _worker_error: RegionclipError | None = None
 
 
-def init_worker(settings: ParseSettings) -> None:
+def init_worker(settings: ParseConfig) -> None:
     """Pool initializer: each worker process loads the pipeline once.
 
     A failure is kept and raised by the first task, because a pool whose initializer raises

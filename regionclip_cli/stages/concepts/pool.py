@@ -14,7 +14,7 @@ from typing import Sequence
 
 from regionclip_cli.core.atomic import write_json, write_text
 from regionclip_cli.stages.concepts.counts import ConceptCounts
-from regionclip_cli.stages.concepts.stream import CountResult, CountSettings
+from regionclip_cli.stages.concepts.stream import CountResult, CountConfig
 
 POOL_FORMAT = "regionclip-concepts"
 POOL_VERSION = 1
@@ -63,7 +63,7 @@ def select_concepts(counts: ConceptCounts, min_count: int, max_concepts: int | N
             for name, count in kept]
 
 
-def pool_document(entries: Sequence[PoolEntry], result: CountResult, settings: CountSettings,
+def pool_document(entries: Sequence[PoolEntry], result: CountResult, settings: CountConfig,
                   *, max_concepts: int | None, vocab_filter: str | None,
                   embeddings: str | None) -> dict:
     counts = result.counts

@@ -19,12 +19,12 @@ from typing import Callable, Iterator, Sequence
 from regionclip_cli.stages.concepts.corpus import TEXT_NORMALISATION, Caption, FileIdentity, Malformed, read_captions
 from regionclip_cli.stages.concepts.counts import ConceptCounts, load_checkpoint, save_checkpoint
 from regionclip_cli.core.errors import RegionclipError
-from regionclip_cli.stages.concepts.parse import ConceptParser, ParseSettings, init_worker, parse_in_worker
+from regionclip_cli.stages.concepts.parse import ConceptParser, ParseConfig, init_worker, parse_in_worker
 
 
 @dataclass(frozen=True)
-class CountSettings:
-    parse: ParseSettings = field(default_factory=ParseSettings)
+class CountConfig:
+    parse: ParseConfig = field(default_factory=ParseConfig)
     min_count: int = 100
     examples_per_concept: int = 3
     workers: int = 1
@@ -46,7 +46,7 @@ class CountResult:
     """The pipeline actually used (name-version-spaCy version), after any fallback."""
 
 
-def checkpoint_key(inputs: Sequence[FileIdentity], settings: CountSettings, spacy_version: str) -> dict:
+def checkpoint_key(inputs: Sequence[FileIdentity], settings: CountConfig, spacy_version: str) -> dict:
     """Everything the counts depend on; a checkpoint with another key is not resumed."""
     key = {
         "inputs": [identity.to_json() for identity in inputs],
@@ -63,7 +63,7 @@ def checkpoint_key(inputs: Sequence[FileIdentity], settings: CountSettings, spac
 class _InProcess:
     """The one-worker path: parse in this process, no pickling, no start-up cost."""
 
-    def __init__(self, settings: ParseSettings, nlp):
+    def __init__(self, settings: ParseConfig, nlp):
         self.parser = ConceptParser(settings, nlp)
 
     def submit(self, texts: list[str]):
@@ -84,7 +84,7 @@ class _WorkerPool:
     killed) breaks the run with an error instead of hanging it.
     """
 
-    def __init__(self, settings: ParseSettings, workers: int):
+    def __init__(self, settings: ParseConfig, workers: int):
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
@@ -124,7 +124,7 @@ def _chunks(captions: Iterator[Caption], size: int) -> Iterator[list[Caption]]:
 
 def count_concepts(
     paths: Sequence[Path],
-    settings: CountSettings,
+    settings: CountConfig,
     *,
     checkpoint: Path | None = None,
     on_malformed: Callable[[Malformed], None] = lambda m: None,
