@@ -554,3 +554,49 @@ def test_evaluate_command_says_when_only_some_images_have_detections(cli, tmp_pa
     assert code == 0 and "detections cover 2 of 8 ground-truth images" in stdout
     code, stdout, _ = cli("evaluate", dt_path, "--gt", gt_path, "--only-detected-images")
     assert code == 0 and "evaluated on 2 of 8 ground-truth images" in stdout
+def test_evaluate_takes_region_records_from_a_zeroshot_jsonl(cli, tmp_path):
+    gt = _world_gt(num_images=4)
+    rows = []
+    for record, img in zip(_records(gt, lambda a: a["category_id"]), gt["images"]):
+        rows.append({"file": record["file"], "width": 224, "height": 224, "image_id": img["id"],
+                     "detections": [], "best": {"boxes": record["boxes"], "category_ids": record["category_ids"]}})
+    path = tmp_path / "detections.jsonl"
+    path.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    gt_path = tmp_path / "ann.json"
+    gt_path.write_text(json.dumps(gt))
+    code, stdout, err = cli("evaluate", path, "--gt", gt_path)
+    assert code == 0, err
+    assert "top-1 all" in stdout and "100.0" in stdout and "top-1 chance" in stdout
+
+
+def test_zeroshot_refuses_ground_truth_of_another_vocabulary_before_loading_a_model(cli, small_world, tmp_path):
+    # Issue 12.4: world annotations with the default --vocab coco printed AP 1.3.
+    ann = small_world / "annotations.json"
+    code, _, err = cli("zeroshot", small_world / "images", "--boxes", ann, "--gt", ann, "--out", tmp_path / "o",
+                       "--model", "world-tiny", "--device", "cpu", "-q")
+    assert code == 2 and "do not match the vocabulary 'coco'" in err and "--vocab world" in err
+
+
+def test_zeroshot_gt_image_without_file_name_is_one_line(cli, small_world, tmp_path):
+    # Issue 12.7: a KeyError traceback, exit 1.
+    gt = json.loads((small_world / "annotations.json").read_text())
+    del gt["images"][0]["file_name"]
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(gt))
+    code, _, err = cli("zeroshot", small_world / "images", "--gt", bad, "--vocab", "world", "--out", tmp_path / "o",
+                       "--model", "world-tiny", "--device", "cpu", "-q")
+    assert code == 2 and "'file_name'" in err and "images[0]" in err and len(err.strip().splitlines()) == 1
+
+
+def test_zeroshot_on_some_of_the_ground_truth_images_says_n_of_m(cli, small_world, tmp_path, monkeypatch):
+    # Issue 12.6: 2 of 64 annotated images scored AP 29.2 without a word about the subset.
+    monkeypatch.setenv("REGIONCLIP_CACHE", str(tmp_path / "cache"))
+    ann = small_world / "annotations.json"
+    images = sorted((small_world / "images").iterdir())[:2]
+    out = tmp_path / "o"
+    code, stdout, err = cli("zeroshot", *images, "--boxes", ann, "--gt", ann, "--vocab", "world", "--out", out,
+                            "--model", "world-tiny", "--device", "cpu", "--templates", "single", "-q")
+    assert code == 0, err
+    assert "evaluated on 2 of 8 ground-truth images" in " ".join((stdout + err).split())
+    summary = json.loads((out / "metrics.json").read_text())
+    assert "evaluated on 2 of 8" in json.dumps(summary)

@@ -21,7 +21,7 @@ def evaluate(
     gt: Annotated[Path, typer.Option(help="Ground truth: a COCO or LVIS annotation JSON.", show_default=False)],
     split: Annotated[Optional[SplitName], typer.Option(help="Category groups to report: coco-ovd or world (AP50 novel/base/all), lvis (APr/APc/APf), coco. [default: read from the ground truth's categories]", show_default=False)] = None,
     vocab: Annotated[Optional[str], typer.Option(help="The vocabulary the detections were made with (as zeroshot --vocab); checked against the ground truth, and only its classes are scored.")] = None,
-    regions: Annotated[Optional[Path], typer.Option(help="Region records (JSON Lines: file, boxes, category_ids), for top-1 accuracy on ground-truth boxes.")] = None,
+    regions: Annotated[Optional[Path], typer.Option(help="Region records (JSON Lines: file, boxes, category_ids) for top-1 accuracy on ground-truth boxes. [default: those in a detections.jsonl made with --boxes ann.json]", show_default=False)] = None,
     only_detected_images: Annotated[bool, typer.Option("--only-detected-images", help="Score only the images that have detections (a COCO results array cannot say which images were run).")] = False,
     random_baseline: Annotated[bool, typer.Option("--random-baseline", help="Also show each metric for uniformly random scores on the ground-truth boxes of the same images.")] = False,
     out: Annotated[Optional[Path], typer.Option(help="Write the metrics and the inputs to this JSON file.")] = None,

@@ -47,11 +47,14 @@ class DetectionsFile:
     `image_ids` is the set of images the run processed (JSONL has a line per image, even one
     without detections; a COCO results array cannot say, so it is None). `labels` maps each
     category id to the class name the detector gave it (JSONL only), so names can be checked.
+    `regions` are the region records of lines that carry the best class of every proposal
+    (zeroshot writes them as "best" when the proposals are ground-truth boxes), for top-1 accuracy.
     """
 
     detections: list[dict]
     image_ids: frozenset[int] | None
     labels: dict[int, str]
+    regions: tuple[dict, ...] = ()
 
 
 def _normalised(name: str) -> str:
@@ -165,6 +168,7 @@ def _read_jsonl(path: Path, text: str) -> DetectionsFile:
     detections: list[dict] = []
     image_ids: set[int] = set()
     labels: dict[int, str] = {}
+    regions: list[dict] = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -187,7 +191,9 @@ def _read_jsonl(path: Path, text: str) -> DetectionsFile:
                 f"[{{box [x1, y1, x2, y2], category_id, score}}] ({type(error).__name__}: {error})"
             ) from None
         image_ids.add(image_id)
-    return DetectionsFile(detections, frozenset(image_ids), labels)
+        if isinstance(row.get("best"), dict):
+            regions.append({"file": row.get("file"), "image_id": image_id, **row["best"]})
+    return DetectionsFile(detections, frozenset(image_ids), labels, tuple(regions))
 
 
 @dataclass(frozen=True)

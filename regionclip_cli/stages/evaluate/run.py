@@ -29,7 +29,7 @@ class EvaluateConfig:
     gt: Path
     split: str | None = None
     vocab: str | None = None
-    regions: Path | None = None  # JSON Lines {"file" | "image_id", "boxes", "category_ids"}
+    regions: Path | None = None  # JSON Lines {"file" | "image_id", "boxes", "category_ids"} (or "best": {...})
     only_detected_images: bool = False
     random_baseline: bool = False
     out: Path | None = None
@@ -68,7 +68,8 @@ def _vocabulary(spec: str | None, ground_truth: dict) -> Vocabulary | None:
 
 
 def read_region_records(path: Path) -> list[dict]:
-    """Region records, one JSON object per line (blank lines skipped)."""
+    """Region records, one JSON object per line (blank lines skipped); a detections.jsonl line
+    that carries the best class of each proposal ("best": {boxes, category_ids}) is one too."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
@@ -85,7 +86,8 @@ def read_region_records(path: Path) -> list[dict]:
             raise RegionclipError(f"--regions {path}:{number}: not valid JSON ({error.msg})") from None
         if not isinstance(record, dict):
             raise RegionclipError(f"--regions {path}:{number}: expected an object with 'file', 'boxes', 'category_ids'")
-        records.append(record)
+        records.append({"file": record.get("file"), "image_id": record.get("image_id"), **record["best"]}
+                       if isinstance(record.get("best"), dict) else record)
     return records
 
 
@@ -110,9 +112,9 @@ def run(config: EvaluateConfig) -> EvaluationReport:
                                     image_ids=image_ids, where=where)
     detection.notes[:0] = notes
     region = None
-    if config.regions is not None:
-        region = region_accuracy(read_region_records(config.regions), ground_truth, vocabulary=vocabulary,
-                                 split=config.split, where=where)
+    records = read_region_records(config.regions) if config.regions is not None else list(loaded.regions)
+    if records:
+        region = region_accuracy(records, ground_truth, vocabulary=vocabulary, split=config.split, where=where)
     levels = None
     if config.random_baseline:
         levels = random_score_levels(ground_truth, vocabulary=vocabulary, split=config.split, image_ids=image_ids)
