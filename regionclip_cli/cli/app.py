@@ -11,7 +11,7 @@ import sys
 import typer
 
 from regionclip_cli import __version__
-from regionclip_cli.cli import concepts, evaluate, finetune, planned, pretrain, pseudolabel, rpn, world, zeroshot
+from regionclip_cli.cli import concepts, demo, evaluate, finetune, planned, pretrain, pseudolabel, rpn, world, zeroshot
 from regionclip_cli.cli.help import RootGroup
 from regionclip_cli.core.errors import RegionclipError
 
@@ -57,6 +57,7 @@ for _stage in planned.STAGES:
                 "allow_extra_args": True})(planned.not_built(_stage))
 app.command("zeroshot")(zeroshot.zeroshot)
 app.command("evaluate")(evaluate.evaluate)
+app.command("demo")(demo.demo)
 app.add_typer(world.app, name="world", help="Generate the synthetic world and train its tiny CLIP teacher.")
 
 
