@@ -350,3 +350,157 @@ def test_loss_groups_on_two_processes_equal_one_process(tmp_path):
             assert mean == pytest.approx(value.item(), rel=1e-9), (group, name)
         grads = torch.cat([p["grad"] for p in shares]) / 2  # DDP averages the processes' gradients
         torch.testing.assert_close(grads, single_student.grad, rtol=1e-9, atol=1e-12)
+
+
+# --- reliability: refused or warned about at check time (issues 12, 13) ---------------------------
+
+def test_check_refuses_a_used_output_folder_and_overwrite_replaces_it(world, tmp_path, cli):
+    """Issue 12.1: a rerun without --resume used to empty metrics.jsonl and mix two runs' files."""
+    out = tmp_path / "used"
+    recipe = write_recipe(world, out)
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "last.pt").write_text("x")
+    (out / "metrics.jsonl").write_text('{"iteration": 1}\n')
+    code, _, err = cli("pretrain", recipe, "--check")
+    assert code == 2 and "holds a previous run" in err and "--resume" in err and "--overwrite" in err
+    assert len(err.strip().splitlines()) == 1
+    code, out_text, _ = cli("pretrain", recipe, "--check", "--overwrite")
+    assert code == 0 and "OK" in out_text
+
+
+def test_batches_larger_than_the_data_or_the_memory_are_refused_at_check(world, tmp_path, cli):
+    """Issue 12.9: batch 100000 on 200 images passed --check and was killed by the kernel later."""
+    recipe = write_recipe(world, tmp_path / "big")
+    code, _, err = cli("pretrain", recipe, "--check", "--set", "train.batch_size=100000")
+    assert code == 2 and "--set train.batch_size: 100000 is larger than the 8 captioned images" in err
+    code, _, err = cli("pretrain", recipe, "--check", "--set", "proposals.regions_per_image=2000000")
+    assert code == 2 and "need at least" in err and "GiB per process" in err
+
+
+def test_schedules_longer_than_the_run_are_warned_about_at_check(world, tmp_path, cli):
+    """Issue 12.11: warm-up and lr steps past the run's end passed --check silently."""
+    recipe = write_recipe(world, tmp_path / "short")
+    code, _, err = cli("pretrain", recipe, "--check", "--set", "train.iterations=2")
+    assert code == 0
+    assert "warning: optimizer.warmup_iterations 2 >= train.iterations 2" in err
+    assert "warning: optimizer.steps 3 >= train.iterations 2" in err
+
+
+def test_a_bad_device_is_refused_at_check_naming_where_it_came_from(world, tmp_path, cli):
+    """Issue 12.12: `--set device=tpu --check` said OK; the run then quoted a --device flag."""
+    recipe = write_recipe(world, tmp_path / "tpu")
+    code, _, err = cli("pretrain", recipe, "--check", "--set", "device=tpu")
+    assert code == 2 and "--set device 'tpu' is not a device" in err
+    recipe.write_text(recipe.read_text().replace("device: cpu", "device: tpu"))
+    code, _, err = cli("pretrain", recipe, "--check")
+    assert code == 2 and f"{recipe}: device 'tpu' is not a device" in err
+
+
+def test_built_in_recipes_by_name_show_recipe_and_list_keys(tmp_path, cli, monkeypatch):
+    """Issue 13.2: recipes ship in the package; print one, list the keys, run one by name."""
+    from regionclip_cli.engine.recipe import builtin_recipes
+
+    shipped = builtin_recipes()
+    assert {"world", "coco-rn50", "cc3m-rn50"} <= set(shipped)
+    code, out, _ = cli("pretrain", "--show-recipe", "world")
+    assert code == 0 and out == shipped["world"].read_text()
+    code, out, _ = cli("pretrain", "--list-keys")
+    assert code == 0 and "losses.group_images" in out and "[default: 3]" in out
+    assert any(line.split()[0] == "train.batch_size" and "[default: 96]" in line for line in out.splitlines())
+    monkeypatch.chdir(tmp_path)  # relative paths in a built-in recipe resolve against the current folder
+    code, _, err = cli("pretrain", "world", "--check")
+    assert code == 2 and "built-in recipe world: concepts: world/concepts/concept_embeddings.pt does not exist" in err
+    code, _, err = cli("pretrain", "wrold", "--check")
+    assert code == 2 and "did you mean 'world'" in err
+
+
+def build_wheel(tmp_path: Path) -> Path:
+    import shutil
+
+    root = Path(__file__).resolve().parents[1]
+    source = tmp_path / "source"  # a clean copy: no build/ left over from an earlier build
+    shutil.copytree(root / "regionclip_cli", source / "regionclip_cli",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, source / name)
+    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                             "-q", "-w", str(tmp_path / "wheels"), str(source)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (wheel,) = (tmp_path / "wheels").glob("regionclip-*.whl")
+    return wheel
+
+
+def test_the_wheel_ships_the_recipes(tmp_path):
+    """Issue 13.2: recipes/ was not package data, so a normal install had no recipes."""
+    import zipfile
+
+    root = Path(__file__).resolve().parents[1]
+    names = set(zipfile.ZipFile(build_wheel(tmp_path)).namelist())
+    shipped = {f"regionclip_cli/recipes/{p.name}" for p in (root / "regionclip_cli" / "recipes").glob("*.yaml")}
+    assert shipped and shipped <= names
+
+
+@pytest.mark.slow
+def test_recipes_from_a_wheel_installed_in_a_fresh_environment(tmp_path):
+    """The README's `regionclip pretrain --show-recipe world` after a normal (non-editable) install."""
+    import venv
+
+    wheel = build_wheel(tmp_path)
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, system_site_packages=True, with_pip=True)  # torch etc. from this environment
+    python = env_dir / "bin" / "python"
+    result = subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", str(wheel)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = subprocess.run([str(python), "-c", "import regionclip_cli, sys; print(regionclip_cli.__file__)"],
+                            capture_output=True, text=True, cwd=elsewhere, timeout=600)
+    assert str(env_dir) in result.stdout, result.stdout + result.stderr
+    result = subprocess.run([str(env_dir / "bin" / "regionclip"), "pretrain", "--show-recipe", "world"],
+                            capture_output=True, text=True, cwd=elsewhere, timeout=600)
+    assert result.returncode == 0 and "teacher:" in result.stdout, result.stderr
+
+
+@pytest.mark.slow
+def test_kill_9_between_checkpoints_then_resume_gives_the_weights_of_an_uninterrupted_run(world, tmp_path):
+    """A run killed without warning (no signal handler runs) loses only the steps since its last
+    checkpoint; `--resume` redoes them and ends with exactly the uninterrupted run's weights."""
+    import signal
+    import time
+
+    settings = {"iterations": 6, "checkpoint_every": 3}
+    straight = tmp_path / "straight"
+    assert run_cli("pretrain", str(write_recipe(world, straight, **settings)), "-q").returncode == 0
+    killed = tmp_path / "killed"
+    recipe = write_recipe(world, killed, **settings)
+    process = subprocess.Popen([sys.executable, "-m", "regionclip_cli", "pretrain", str(recipe), "-q"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = killed / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        if log.exists() and '"iteration": 4' in log.read_text():
+            break
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+    assert torch.load(killed / "checkpoints" / "last.pt", weights_only=True)["iteration"] == 3
+    assert not (killed / "student.pt").exists()
+
+    rerun = run_cli("pretrain", str(recipe), "-q")  # issue 12.1: no silent restart over the run
+    assert rerun.returncode == 2 and "--resume" in rerun.stderr and "--overwrite" in rerun.stderr
+    changed = run_cli("pretrain", str(recipe), "-q", "--resume", "--set", "optimizer.lr=0.5")
+    assert changed.returncode == 2 and "optimizer.lr 0.01 -> 0.5 (--set optimizer.lr)" in changed.stderr
+    resumed = run_cli("pretrain", str(recipe), "-q", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert [r["iteration"] for r in metrics(killed)] == [1, 2, 3, 4, 5, 6]
+    a = load_checkpoint(straight / "student.pt").state_dict
+    b = load_checkpoint(killed / "student.pt").state_dict
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    longer = run_cli("pretrain", str(recipe), "--resume", "--set", "train.iterations=7")
+    assert longer.returncode == 0, longer.stderr
+    assert "resume: train.iterations 6 -> 7 (--set train.iterations)" in longer.stderr
+    assert [r["iteration"] for r in metrics(killed)][-1] == 7
