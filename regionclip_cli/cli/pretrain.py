@@ -11,7 +11,7 @@ import typer
 def pretrain(
     recipe: Annotated[Optional[str], typer.Argument(
         help="Recipe YAML file, or a built-in recipe name: world, coco-rn50, coco-rn50x4, cc3m-rn50, "
-             "cc3m-rn50x4.", show_default=False)] = None,
+             "cc3m-rn50x4.", metavar="RECIPE", show_default=False)] = None,
     set_: Annotated[Optional[list[str]], typer.Option(
         "--set", help="Override a recipe key, e.g. --set optimizer.lr=0.01 (repeatable).")] = None,
     resume: Annotated[bool, typer.Option(
