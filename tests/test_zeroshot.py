@@ -162,7 +162,8 @@ def test_a_lone_image_is_not_padded_to_a_multiple_of_32(cli, small_world, tmp_pa
     from regionclip_cli.modeling.region_encoder import frozen_region_encoder
     from regionclip_cli.stages.zeroshot.stage import resize_for
 
-    picture = Image.open(_images(small_world, 1)[0]).convert("RGB").resize((300, 224))
+    noise = np.random.default_rng(0).integers(0, 256, (224, 300, 3), dtype=np.uint8)
+    picture = Image.fromarray(noise)  # texture everywhere: padding changes what edge boxes see
     path = tmp_path / "wide.png"
     picture.save(path)
     out = tmp_path / "out"
@@ -176,7 +177,7 @@ def test_a_lone_image_is_not_padded_to_a_multiple_of_32(cli, small_world, tmp_pa
     assert tensor.shape[-2] % 32 != 0  # 224 x 300 resized to 167 x 224
     with torch.no_grad():
         alone = torch.nn.functional.normalize(frozen_region_encoder(clip.model.visual)(tensor[None], [boxes * scale]), dim=-1)
-    assert (alone * features).sum(dim=1).min().item() > 0.9999
+    torch.testing.assert_close(features, alone, atol=2e-5, rtol=1e-4)  # padded to 192 rows: min cosine 0.905
 
 
 def test_rerun_with_other_settings_is_refused_and_overwrite_leaves_no_stale_files(cli, small_world, tmp_path, cache):
