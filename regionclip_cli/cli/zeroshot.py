@@ -46,16 +46,21 @@ def zeroshot(
 
     Each proposal is encoded by the region encoder (one trunk pass per image, RoIAlign, CLIP's
     res5 + attention pool), scored against the vocabulary's prompt embeddings (cosine / 0.01,
-    softmax with a zero-logit background) and kept after per-class NMS.
+    softmax with a zero-logit background) and kept after per-class NMS. With the ground truth's
+    own boxes (--boxes ann.json --gt ann.json) it also reports region top-1 accuracy: the best
+    class of each box before thresholds and NMS.
+
+    OUT/settings.json records what made the folder; a rerun with the same settings resumes an
+    interrupted run, other settings are refused unless --overwrite.
 
     Examples:
 
-      regionclip zeroshot photos/ --vocab "cat,dog,bicycle" --pretrained openai --save-vis
-
       regionclip zeroshot val2017/ --vocab coco-ovd --boxes instances_val2017.json --gt instances_val2017.json
 
+      regionclip zeroshot photos/ --vocab "cat,dog,bicycle" --pretrained openai --save-features
+
     Exit codes: 0 all images done; 1 some images or boxes failed (named on stderr), the rest done;
-    2 a usage or input error.
+    2 a usage or input error; 130 interrupted (rerun the same command to finish).
     """
     from regionclip_cli.core.errors import NotBuiltYet
     from regionclip_cli.data.proposals import ProposalConfig, RandomBoxConfig
