@@ -336,6 +336,49 @@ def test_ground_truth_categories_not_matching_the_vocabulary_is_an_error():
         check_vocabulary(load_vocabulary("apple,pear"), {**gt, "categories": [{"id": 7, "name": "x"}]})
 
 
+def test_same_names_under_other_ids_is_an_error_too():
+    gt = _world_gt()
+    for cat in gt["categories"]:
+        cat["id"] += 100
+    for ann in gt["annotations"]:
+        ann["category_id"] += 100
+    with pytest.raises(RegionclipError, match="no category id in common .*a file of its category names"):
+        check_vocabulary(load_vocabulary("world"), gt)
+    names = load_vocabulary(",".join(c.name for c in WORLD_CATEGORIES)).aligned_to(gt["categories"])
+    check_vocabulary(names, gt)  # a file of the names takes the ground truth's ids
+
+
+def test_lvis_agrees_with_faster_coco_eval_run_directly(tmp_path):
+    import contextlib
+    import io
+
+    from faster_coco_eval import COCO, COCOeval_faster
+
+    gt = _lvis_gt()
+    for number, ann in enumerate(gt["annotations"], start=1):
+        ann["id"] = number  # the library run directly needs ids
+    detections = _lvis_perfect(gt)[1:] + [
+        {"image_id": 1, "category_id": 3, "bbox": [12, 14, 90, 100], "score": 0.4},
+        {"image_id": 2, "category_id": 2, "bbox": [0, 0, 60, 60], "score": 0.95},
+        {"image_id": 3, "category_id": 3, "bbox": [300, 300, 50, 50], "score": 0.5},
+    ]
+    gt_path, dt_path = tmp_path / "lvis.json", tmp_path / "dt.json"
+    gt_path.write_text(json.dumps(gt))
+    dt_path.write_text(json.dumps(detections))
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO(str(gt_path))
+        evaluator = COCOeval_faster(coco_gt, coco_gt.loadRes(str(dt_path)), iouType="bbox", lvis_style=True)
+        evaluator.params.maxDets = [300]
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    stats = evaluator.stats_as_dict
+    result = evaluate_detections(dt_path, gt_path)
+    assert result.kind == "lvis"
+    for ours, theirs in (("AP", "AP_all"), ("AP50", "AP_50"), ("APr", "APr"), ("APc", "APc"), ("APf", "APf")):
+        assert result.metrics[ours] == pytest.approx(stats[theirs] * 100, abs=1e-9), ours
+
+
 def test_lvis_names_and_synonyms_match_the_cleaned_vocabulary_names():
     lvis = load_vocabulary("lvis")
     gt = {"images": [], "annotations": [], "categories": [
