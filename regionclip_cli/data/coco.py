@@ -68,11 +68,13 @@ class CocoFile:
 
 
 def read_coco(source: str | os.PathLike | Mapping, where: str | None = None, *,
-              need_categories: bool = True) -> CocoFile:
+              need_categories: bool = True, need_file_names: bool = True) -> CocoFile:
     """Read and check a COCO annotation file (a path, or an already parsed dict, never modified).
 
     `where` names the file in errors (e.g. "--gt ann.json"). `need_categories=False` accepts files
     without a categories list (box files); their boxes then need no category either.
+    `need_file_names=False` is for evaluation alone, which matches by image id: LVIS v1 files
+    name their images by `coco_url`, without a `file_name`.
     """
     if isinstance(source, Mapping):
         data, where = source, where or "ground truth"
@@ -85,19 +87,19 @@ def read_coco(source: str | os.PathLike | Mapping, where: str | None = None, *,
     for key in required:
         if not isinstance(data.get(key), list):
             raise RegionclipError(f"{where}: missing the '{key}' list of a COCO annotation file")
-    images = _images(data["images"], where)
+    images = _images(data["images"], where, need_file_names)
     known = {img["id"] for img in images}
     categories = _categories(data.get("categories") or [], where)
     annotations = _annotations(data["annotations"], where, known, need_categories)
     return CocoFile(where, {**data, "images": images, "categories": categories, "annotations": annotations})
 
 
-def _images(raw: list, where: str) -> list[dict]:
+def _images(raw: list, where: str, need_file_names: bool = True) -> list[dict]:
     images, seen = [], set()
     for number, img in enumerate(raw):
         try:
             image_id = int(img["id"])
-            file_name = img["file_name"]
+            file_name = img["file_name"] if need_file_names or "file_name" in img else None
         except (KeyError, TypeError, ValueError) as error:
             missing = "'id'" if not (isinstance(img, Mapping) and "id" in img) else "'file_name'"
             raise RegionclipError(
@@ -106,7 +108,8 @@ def _images(raw: list, where: str) -> list[dict]:
         if image_id in seen:
             raise RegionclipError(f"{where}: images[{number}]: image id {image_id} appears twice")
         seen.add(image_id)
-        images.append({**img, "id": image_id, "file_name": str(file_name)})
+        images.append({**img, "id": image_id} if file_name is None else
+                      {**img, "id": image_id, "file_name": str(file_name)})
     return images
 
 

@@ -15,7 +15,6 @@ import math
 import os
 from collections import defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -206,61 +205,16 @@ def _some(values: Sequence[Any], limit: int = 5) -> str:
 
 def load_ground_truth(gt: str | os.PathLike | Mapping, *, where: str | None = None,
                       need_file_names: bool = False) -> dict:
-    """A private, normalised copy: every annotation gets a unique id, `iscrowd` and `area`.
+    """A private, normalised copy (data.coco.read_coco): unique annotation ids, `iscrowd`, `area`.
 
     pycocotools indexes annotations by id and reads `iscrowd` and `area` unconditionally, and
     both libraries write into the dicts they are given, so the caller's data is never handed over.
-    `need_file_names` is for callers that match images to files: an image without a `file_name`
-    is then an error naming it, not a KeyError later. `where` names the file in messages
-    (e.g. "--gt ann.json").
+    Evaluation matches images by id, so `file_name` is only required when asked for (LVIS v1
+    files have none).
     """
-    if isinstance(gt, Mapping):
-        data, where = gt, where or "ground truth"
-    else:
-        where = where or str(gt)
-        try:
-            data = json.loads(Path(gt).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise RegionclipError(f"{where}: no such ground-truth file") from None
-        except (OSError, UnicodeDecodeError) as error:
-            raise RegionclipError(f"{where}: cannot read the ground truth ({error})") from None
-        except json.JSONDecodeError as error:
-            raise RegionclipError(f"{where}: not valid JSON (line {error.lineno}: {error.msg})") from None
-    if not isinstance(data, Mapping):
-        raise RegionclipError(f"{where}: expected a COCO annotation object with images, annotations, categories")
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(data.get(key), list):
-            raise RegionclipError(f"{where}: missing the '{key}' list of a COCO annotation file")
-    if need_file_names:
-        for number, img in enumerate(data["images"]):
-            name = img.get("file_name") if isinstance(img, Mapping) else None
-            if not isinstance(name, str) or not name.strip():
-                label = f"id {img.get('id')}" if isinstance(img, Mapping) and "id" in img else f"#{number}"
-                raise RegionclipError(
-                    f"{where}: image {label} (entry {number} of 'images') has no 'file_name'; "
-                    "images are matched to files by it"
-                )
-    try:
-        images = [{**img, "id": int(img["id"])} for img in data["images"]]
-        categories = [{**cat, "id": int(cat["id"])} for cat in data["categories"]]
-        annotations = []
-        for number, ann in enumerate(data["annotations"], start=1):
-            x, y, w, h = (float(v) for v in ann["bbox"])
-            annotations.append({
-                **ann,
-                "id": number,
-                "image_id": int(ann["image_id"]),
-                "category_id": int(ann["category_id"]),
-                "bbox": [x, y, w, h],
-                "iscrowd": int(ann.get("iscrowd", 0)),
-                "area": float(ann["area"]) if "area" in ann else w * h,
-            })
-    except (KeyError, TypeError, ValueError) as error:
-        raise RegionclipError(
-            f"{where}: malformed entry ({type(error).__name__}: {error}); images need 'id', categories "
-            "need 'id', annotations need 'image_id', 'category_id' and 'bbox' [x, y, w, h]"
-        ) from None
-    return {**data, "images": images, "categories": categories, "annotations": annotations}
+    from regionclip_cli.data.coco import read_coco
+
+    return read_coco(gt, where, need_file_names=need_file_names).data
 
 
 def _prepare_detections(detections: Sequence[Mapping], dataset: dict, iou_type: str) -> tuple[list[dict], list[str]]:
