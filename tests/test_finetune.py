@@ -33,7 +33,7 @@ def rpn_file(tmp_path_factory):
 
 def _data(world: Path) -> dict:
     dataset = {"annotations": str(world / "annotations.json"), "images": str(world / "images")}
-    return {"train": dataset, "test": dataset, "vocabulary": "world", "train_split": "base",
+    return {"train": dataset, "test": dataset, "vocabulary": "world", "train_splits": ["base"],
             "min_sizes": [160], "max_size": 160, "test_min_size": 160, "test_max_size": 160,
             "loader_workers": 0}
 
@@ -158,10 +158,53 @@ def test_bad_input_is_one_line_with_exit_code_2(cli, small_world, rpn_file, tmp_
     assert "2 boxes with no area inside their image were skipped" in err
     assert "images without a box of the training classes were left out" in err
 
-    code, err = run("data.train_split=rare")
+    code, err = run("data.train_splits=[rare]")
     assert code == 2 and "has no split 'rare'" in err
 
     clip_file = tmp_path / "clip.pt"
     save_checkpoint(clip_file, Checkpoint("clip", "world-tiny", {"x": torch.zeros(1)}))
-    code, _, err = cli("finetune", recipe, "-q", "--set", f"rpn={clip_file}")
-    assert code == 2 and "not an RPN" in err and "Traceback" not in err
+    code, err = run(f"rpn={clip_file}")
+    assert code == 2 and "--set rpn" in err and "not an RPN" in err
+
+
+@pytest.mark.parametrize("name", ["rpn-world", "rpn-coco-rn50", "rpn-lvis-rn50", "finetune-world",
+                                  "finetune-coco-rn50", "finetune-lvis-rn50"])
+def test_built_in_recipes_load(name):
+    from regionclip_cli.engine.recipe import find_recipe, load_recipe
+    from regionclip_cli.stages.finetune.recipe import FinetuneConfig
+    from regionclip_cli.stages.rpn.recipe import RPNTrainingConfig
+
+    path, origin = find_recipe(name)
+    recipe = load_recipe(RPNTrainingConfig if name.startswith("rpn") else FinetuneConfig, path, origin_name=origin)
+    if name.endswith("rn50"):  # the paper's schedule: batch 16, COCO 90k / LVIS 180k
+        assert recipe.train.batch_size == 16
+        assert recipe.train.iterations == (180000 if "lvis" in name else 90000)
+    if name == "finetune-lvis-rn50":
+        assert recipe.data.train_splits == ["c", "f"] and recipe.data.repeat_factor_threshold == 0.001
+        assert recipe.detector.focal_gamma == 0 and recipe.detector.background_weight == 0.8
+
+
+def test_lvis_images_without_file_names_and_repeat_factors(tmp_path):
+    from regionclip_cli.data.vocab import load_vocabulary
+    from regionclip_cli.stages.finetune.data import (DatasetConfig, expanded_order, read_annotated_set,
+                                                     repeat_factors)
+
+    (tmp_path / "train2017").mkdir()
+    for i in (1, 2, 3, 4):
+        (tmp_path / "train2017" / f"{i:012d}.jpg").write_bytes(b"")
+    lvis = load_vocabulary("lvis")
+    rare, frequent = lvis.splits["r"][0], lvis.splits["f"][0]
+    data = {"images": [{"id": i, "width": 100, "height": 100,
+                        "coco_url": f"http://images.cocodataset.org/train2017/{i:012d}.jpg"} for i in (1, 2, 3, 4)],
+            "annotations": [{"image_id": 1, "category_id": rare, "bbox": [0, 0, 10, 10]}] +
+                           [{"image_id": i, "category_id": frequent, "bbox": [5, 5, 20, 20]} for i in (2, 3, 4)],
+            "categories": [{"id": c, "name": lvis.name_of(c)} for c in lvis.category_ids]}
+    annotations = tmp_path / "lvis.json"
+    annotations.write_text(json.dumps(data))
+    found = read_annotated_set(DatasetConfig(annotations, tmp_path), lvis, where="data.train", drop_empty=True)
+    assert [img.path.name for img in found.images] == [f"{i:012d}.jpg" for i in (1, 2, 3, 4)]
+    # the rare class is in 1 of 4 images: r = sqrt(0.5 / 0.25) = 1.41; the frequent one in 3 of 4: 1
+    factors = repeat_factors(found.images, 0.5)
+    assert factors == pytest.approx([2 ** 0.5, 1.0, 1.0, 1.0])
+    order = expanded_order(factors, seed=0)
+    assert sorted(set(order)) == [0, 1, 2, 3] and order.count(0) in (1, 2) and len(order) == 3 + order.count(0)

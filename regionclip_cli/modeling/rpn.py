@@ -273,16 +273,23 @@ def rpn_checkpoint(network: ProposalNetwork, model_name: str, metadata: dict[str
                                 "std": list(network.std)})
 
 
-def load_proposal_network(path: str | os.PathLike, device: str | torch.device = "cpu",
-                          option: str = "--rpn") -> ProposalNetwork:
-    """An RPN checkpoint written by `regionclip rpn`, frozen and in eval mode on `device`."""
-    from regionclip_cli.engine.recipe import RecipeError, build
+def read_rpn_checkpoint(path: str | os.PathLike, option: str = "--rpn"):
+    """The file as one of our RPN checkpoints, or one line saying what it is instead."""
     from regionclip_cli.modeling.checkpoints import load_checkpoint
 
     checkpoint = load_checkpoint(path)
     if checkpoint.kind != RPN_KIND:
         raise RegionclipError(f"{option} {path}: a regionclip '{checkpoint.kind}' checkpoint, not an RPN "
                               f"(train one with `regionclip rpn RECIPE.yaml`)")
+    return checkpoint
+
+
+def load_proposal_network(path: str | os.PathLike, device: str | torch.device = "cpu",
+                          option: str = "--rpn") -> ProposalNetwork:
+    """An RPN checkpoint written by `regionclip rpn`, frozen and in eval mode on `device`."""
+    from regionclip_cli.engine.recipe import RecipeError, build
+
+    checkpoint = read_rpn_checkpoint(path, option)
     try:
         config = build(RPNConfig, checkpoint.metadata.get("rpn"), "rpn", str(path))
     except RecipeError as error:

@@ -6,7 +6,7 @@ your own): each image's boxes as [x1, y1, x2, y2] in original pixels with vocabu
 - Categories the vocabulary does not list are dropped (COCO's 80 → the 65 of the 48/17 split);
   an annotation whose category id is not even in the file's own categories is an error.
 - Boxes are clipped to the image; boxes with no area left are dropped and counted.
-- Training keeps only categories of `train_split` and drops images left without a box
+- Training keeps only categories of `train_splits` and drops images left without a box
   (detectron2's FILTER_EMPTY_ANNOTATIONS): in the open-vocabulary splits those images hold only
   novel objects, and training on them as all background would teach that novel objects are background.
 - A listed image file that does not exist is an error before any work starts.
@@ -49,7 +49,7 @@ class DetectionDataConfig:
     train: DatasetConfig
     test: Optional[DatasetConfig] = None
     vocabulary: str = "world"  # built-in name, a names file, or 'annotations' (the file's categories)
-    train_split: Optional[str] = "base"  # null: every category of the vocabulary
+    train_splits: list[str] = field(default_factory=lambda: ["base"])  # LVIS: [c, f]; []: every class
     min_sizes: list[int] = field(default_factory=lambda: [640, 672, 704, 736, 768, 800])
     max_size: int = 1333
     test_min_size: int = 800
@@ -98,12 +98,26 @@ def dataset_vocabulary(spec: str, annotations: Path, where: str) -> Vocabulary:
     return Vocabulary(annotations.stem, names, ids, splits=splits)
 
 
+def annotation_data(path: Path, where: str) -> dict:
+    """The parsed annotation file; LVIS images, which carry a `coco_url` but no `file_name`, get
+    the URL's last two parts ("train2017/000000391895.jpg": LVIS v1 val draws on both COCO
+    folders), so `images` is the COCO root."""
+    from regionclip_cli.data.coco import read_json
+
+    data = read_json(path, f"{where}.annotations {path}")
+    if isinstance(data, dict) and isinstance(data.get("images"), list):
+        for image in data["images"]:
+            if isinstance(image, dict) and "file_name" not in image and isinstance(image.get("coco_url"), str):
+                image["file_name"] = "/".join(image["coco_url"].split("/")[-2:])
+    return data
+
+
 def read_annotated_set(dataset: DatasetConfig, vocabulary: Vocabulary, *, where: str,
                        keep_categories: Sequence[int] | None = None, drop_empty: bool) -> AnnotatedSet:
     """The images of `dataset` with their boxes of the vocabulary's (or `keep_categories`') classes."""
     from regionclip_cli.data.coco import read_coco
 
-    coco = read_coco(dataset.annotations, f"{where}.annotations {dataset.annotations}")
+    coco = read_coco(annotation_data(dataset.annotations, where), f"{where}.annotations {dataset.annotations}")
     file_categories = {int(c["id"]) for c in coco.categories}
     index_of = {cid: i for i, cid in enumerate(vocabulary.category_ids)}
     keep = set(keep_categories) if keep_categories is not None else set(vocabulary.category_ids)

@@ -42,15 +42,22 @@ class PreparedData:
 
 
 def read_training_data(data: DetectionDataConfig, origin: Origin = _recipe_key) -> PreparedData:
-    """The vocabulary (with its splits), and the training images with boxes of `train_split` only."""
+    """The vocabulary (with its splits), and the training images with boxes of `train_splits` only."""
     vocabulary = dataset_vocabulary(data.vocabulary, data.train.annotations, origin("data.vocabulary"))
+    unknown = [name for name in data.train_splits if name not in vocabulary.splits]
+    if unknown:
+        known = ", ".join(vocabulary.splits) or "none"
+        raise RegionclipError(f"{origin('data.train_splits')}: the vocabulary '{vocabulary.name}' has no split "
+                              f"'{unknown[0]}' (its splits: {known}); use [] to train on every class")
     training_vocabulary = vocabulary
-    if data.train_split is not None:
-        if data.train_split not in vocabulary.splits:
-            known = ", ".join(vocabulary.splits) or "none"
-            raise RegionclipError(f"{origin('data.train_split')}: the vocabulary '{vocabulary.name}' has no split "
-                                  f"'{data.train_split}' (its splits: {known}); use null to train on every class")
-        training_vocabulary = vocabulary.subset(data.train_split)
+    if data.train_splits:
+        keep = {cid for name in data.train_splits for cid in vocabulary.splits[name]}
+        rows = [i for i, cid in enumerate(vocabulary.category_ids) if cid in keep]
+        training_vocabulary = Vocabulary(
+            f"{vocabulary.name}:{'+'.join(data.train_splits)}", tuple(vocabulary.names[i] for i in rows),
+            tuple(vocabulary.category_ids[i] for i in rows),
+            tuple(vocabulary.synonyms[i] for i in rows) if vocabulary.synonyms else (),
+            {name: tuple(c for c in ids if c in keep) for name, ids in vocabulary.splits.items()})
     training = read_annotated_set(data.train, training_vocabulary, where="data.train", drop_empty=True)
     return PreparedData(training, vocabulary, list(training.notes))
 
@@ -99,7 +106,10 @@ def check(recipe: FinetuneConfig, *, resume: bool | Path = False, overwrite: boo
     for key, path in input_files(recipe):
         if not path.exists():
             raise RegionclipError(f"{origin(key)}: {path} does not exist")
+    from regionclip_cli.modeling.rpn import read_rpn_checkpoint
+
     resolve_device(recipe.device, option=origin("device"))
+    read_rpn_checkpoint(recipe.rpn, origin("rpn"))
     data = read_training_data(recipe.data, origin)
     if recipe.test_vocabulary is not None:
         from regionclip_cli.data.vocab import load_vocabulary
@@ -220,7 +230,10 @@ def evaluate_held_out(task, recipe: FinetuneConfig, full_vocabulary: Vocabulary,
         detector.predictor.class_embeddings = training_embeddings
     path = recipe.output / "detections_coco.json"
     write_json(path, detections)
-    result = evaluate_detections(detections, recipe.data.test.annotations, vocabulary=vocabulary,
+    from regionclip_cli.stages.finetune.data import annotation_data
+
+    ground_truth = annotation_data(recipe.data.test.annotations, "data.test")
+    result = evaluate_detections(detections, ground_truth, vocabulary=vocabulary,
                                  image_ids=[item.image_id for item in held_out.images],
                                  where=f"data.test.annotations {recipe.data.test.annotations}")
     write_json(recipe.output / "evaluation.json", result.to_dict(), indent=2)

@@ -1,7 +1,7 @@
 """The RPN recipe: the backbone, anchors/matching/NMS, data (base boxes only) and schedule.
 
 Defaults are detectron2's C4 RPN (`modeling.rpn.RPNConfig`) on the CLIP trunk the recipe names;
-labels are ignored, only the boxes of `data.train_split` are used.
+labels are ignored, only the boxes of `data.train_splits` are used.
 """
 
 from __future__ import annotations

@@ -75,7 +75,7 @@ class RPNTask:
     def metadata(self) -> dict[str, Any]:
         return {"model": self.model_name, "recipe": to_plain(self.recipe), "backbone_source": self.source,
                 "trained_on": {"annotations": str(self.recipe.data.train.annotations),
-                               "split": self.recipe.data.train_split, "categories": self.categories}}
+                               "splits": self.recipe.data.train_splits, "categories": self.categories}}
 
     def export(self, path: Path, iterations: int) -> None:
         save_checkpoint(path, rpn_checkpoint(self.network, self.model_name,
