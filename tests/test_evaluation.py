@@ -587,6 +587,13 @@ def test_evaluate_command_refuses_files_that_do_not_belong_together(cli, tmp_pat
     _, other = _files(tmp_path, gt, [{"image_id": 42, "category_id": 1, "bbox": [0, 0, 5, 5], "score": 1.0}])
     code, _, err = cli("evaluate", other, "--gt", gt_path)
     assert code == 2 and "image ids not in the ground truth: 42" in err
+    _, broken = _files(tmp_path, gt, [{"image_id": 1, "bbox": [0, 0, 5, 5], "score": 1.0}])
+    code, _, err = cli("evaluate", broken, "--gt", gt_path)
+    assert code == 2 and f"{broken}: detection 0 lacks category_id" in err
+    regions = tmp_path / "regions.jsonl"
+    regions.write_text('{"file": "000000.png"}\n')
+    code, _, err = cli("evaluate", dt_path, "--gt", gt_path, "--regions", regions)
+    assert code == 2 and f"--regions {regions}:1: expected an object" in err
 
 
 def test_evaluate_command_says_when_only_some_images_have_detections(cli, tmp_path):

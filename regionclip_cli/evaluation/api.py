@@ -153,6 +153,14 @@ def read_detections(path: str | os.PathLike) -> DetectionsFile:
             raise RegionclipError(f"{path}: not valid JSON (line {error.lineno}: {error.msg})") from None
         return _read_jsonl(path, text)
     if isinstance(data, list):
+        for index, row in enumerate(data):
+            missing = [k for k in ("image_id", "category_id", "bbox", "score")
+                       if not isinstance(row, Mapping) or k not in row]
+            if missing:
+                raise RegionclipError(
+                    f"{path}: detection {index} lacks {', '.join(missing)}; COCO results need image_id, "
+                    "category_id, bbox [x, y, w, h] and score"
+                )
         return DetectionsFile(data, None, {})
     if isinstance(data, Mapping) and "detections" in data and "file" in data:
         return _read_jsonl(path, text)

@@ -84,10 +84,15 @@ def read_region_records(path: Path) -> list[dict]:
             record = json.loads(line)
         except json.JSONDecodeError as error:
             raise RegionclipError(f"--regions {path}:{number}: not valid JSON ({error.msg})") from None
-        if not isinstance(record, dict):
-            raise RegionclipError(f"--regions {path}:{number}: expected an object with 'file', 'boxes', 'category_ids'")
-        records.append({"file": record.get("file"), "image_id": record.get("image_id"), **record["best"]}
-                       if isinstance(record.get("best"), dict) else record)
+        if isinstance(record, dict) and isinstance(record.get("best"), dict):
+            record = {"file": record.get("file"), "image_id": record.get("image_id"), **record["best"]}
+        if (not isinstance(record, dict) or "boxes" not in record or "category_ids" not in record
+                or (record.get("file") is None and record.get("image_id") is None)):
+            raise RegionclipError(
+                f"--regions {path}:{number}: expected an object with 'file' or 'image_id', 'boxes' and "
+                "'category_ids' (or a detections.jsonl line with 'best')"
+            )
+        records.append(record)
     return records
 
 
