@@ -592,6 +592,7 @@ def test_evaluate_command_refuses_files_that_do_not_belong_together(cli, tmp_pat
     assert code == 2 and f"{broken}: detection 0 lacks category_id" in err
     regions = tmp_path / "regions.jsonl"
     regions.write_text('{"file": "000000.png"}\n')
+    _, dt_path = _files(tmp_path, gt, _perfect_world(gt))
     code, _, err = cli("evaluate", dt_path, "--gt", gt_path, "--regions", regions)
     assert code == 2 and f"--regions {regions}:1: expected an object" in err
 
