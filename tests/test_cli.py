@@ -11,7 +11,7 @@ runner = CliRunner()
 def test_help_lists_every_stage():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("concepts", "pseudolabel", "pretrain", "finetune", "zeroshot", "ablate", "world"):
+    for command in ("concepts", "pseudolabel", "pretrain", "finetune", "zeroshot", "evaluate", "ablate", "world"):
         assert command in result.output
 
 
