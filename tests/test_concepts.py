@@ -227,15 +227,20 @@ def test_resume_after_an_interruption_gives_the_same_counts(tmp_path, monkeypatc
     assert whole.counts.counts["dog"] == 30 and whole.counts.counts["fire hydrant"] == 30
 
 
-def test_changed_inputs_start_over(tmp_path):
+def test_changed_inputs_are_refused_unless_overwrite(tmp_path):
+    # Issue 12.1 for concepts: the counts of another corpus or settings are not thrown away silently.
     paths = _corpus(tmp_path)
     settings = CountConfig(min_count=1)
     checkpoint = tmp_path / "ck.json"
     count_concepts(paths, settings, checkpoint=checkpoint)
+    with pytest.raises(RegionclipError, match=r"its settings differ: min_count.*--overwrite"):
+        count_concepts(paths, CountConfig(min_count=2), checkpoint=checkpoint)
     with open(paths[0], "a") as stream:
         stream.write(json.dumps({"caption": "A kite."}) + "\n")
+    with pytest.raises(RegionclipError, match=r"holds the concept counts of another run \(its caption files differ"):
+        count_concepts(paths, settings, checkpoint=checkpoint)
     resumed_at = []
-    again = count_concepts(paths, settings, checkpoint=checkpoint, on_resume=resumed_at.append)
+    again = count_concepts(paths, settings, checkpoint=checkpoint, on_resume=resumed_at.append, overwrite=True)
     assert resumed_at == [] and again.counts.counts["kite"] == 1 and again.counts.captions == 61
 
 

@@ -26,6 +26,7 @@ def concepts(
     templates: Annotated[str, typer.Option(help="Prompts: ensemble (80 CLIP ImageNet templates + '{}.', as the paper), single ('a photo of a {}.'), or a file with one template per line.")] = "ensemble",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps (for the embedding).")] = "auto",
     cache_dir: Annotated[Optional[Path], typer.Option(help="Where text embeddings are cached [default: $REGIONCLIP_CACHE or ~/.cache/regionclip].")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Start over in an OUT that holds the counts of other captions or settings (else refused).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Parse object concepts out of captions, keep the frequent ones, embed them as prompts.
@@ -36,7 +37,8 @@ def concepts(
 
     Large corpora stream through with bounded memory; repeated captions are parsed once. The
     counts are checkpointed in OUT every minute and on Ctrl-C: rerunning the same command resumes
-    where it stopped. Changed inputs (path, size or time) or settings start over.
+    where it stopped. Counts of other inputs (path, size or time) or settings are not thrown
+    away: such a rerun is refused unless --overwrite.
 
     Examples:
 
@@ -69,6 +71,7 @@ def concepts(
         max_concepts=max_concepts,
         vocab_filter=vocab_filter,
         embed=EmbedConfig(model, pretrained, weights, templates, device, cache_dir) if embed else None,
+        overwrite=overwrite,
     )
 
     shown = 0

@@ -34,6 +34,8 @@ class ConceptsConfig:
     vocab_filter: str | None = None
     embed: EmbedConfig | None = field(default_factory=EmbedConfig)
     """None: write names and counts only (--no-embed)."""
+    overwrite: bool = False
+    """Replace a pool in `out_dir` counted from other inputs or settings (else: refused)."""
 
 
 @dataclass
@@ -81,7 +83,7 @@ def build_concept_pool(job: ConceptsConfig, callbacks: Callbacks = Callbacks(),
     result = count_concepts(
         readable, job.counting, checkpoint=job.out_dir / CHECKPOINT_FILE,
         on_malformed=callbacks.on_malformed, on_unreadable=callbacks.on_unreadable,
-        on_resume=callbacks.on_resume, on_progress=callbacks.on_progress,
+        on_resume=callbacks.on_resume, on_progress=callbacks.on_progress, overwrite=job.overwrite,
     )
     if result.counts.captions == 0:
         raise RegionclipError("no captions could be read from the inputs: "

@@ -81,6 +81,29 @@ def save_checkpoint(path: Path, key: dict, counts: ConceptCounts, finished: bool
                       "finished": finished, **counts.to_json()})
 
 
+def checkpoint_mismatch(path: Path, key: dict) -> str | None:
+    """Why the checkpoint at `path` is not this run's (None: it is, or there is none).
+
+    A checkpoint of other inputs or settings holds work a rerun would throw away, so the caller
+    refuses it unless told to overwrite.
+    """
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("format") != CHECKPOINT_FORMAT or data.get("version") != CHECKPOINT_VERSION:
+            return "it was written by another version of regionclip"
+        saved = data["key"]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return "it cannot be read"
+    if saved == key:
+        return None
+    if saved.get("inputs") != key.get("inputs"):
+        return "its caption files differ (path, size or modification time)"
+    changed = sorted(k for k in set(saved) | set(key) if saved.get(k) != key.get(k))
+    return "its settings differ: " + ", ".join(changed)
+
+
 def load_checkpoint(path: Path, key: dict, min_count: int,
                     examples_per_concept: int) -> tuple[ConceptCounts, bool] | None:
     """The saved counts if they were made from the same inputs and settings, else None.

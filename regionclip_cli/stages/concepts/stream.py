@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 from regionclip_cli.stages.concepts.corpus import TEXT_NORMALISATION, Caption, FileIdentity, Malformed, read_captions
-from regionclip_cli.stages.concepts.counts import ConceptCounts, load_checkpoint, save_checkpoint
+from regionclip_cli.stages.concepts.counts import ConceptCounts, checkpoint_mismatch, load_checkpoint, save_checkpoint
 from regionclip_cli.core.errors import RegionclipError
 from regionclip_cli.stages.concepts.parse import ConceptParser, ParseConfig, init_worker, parse_in_worker
 
@@ -131,11 +131,14 @@ def count_concepts(
     on_unreadable: Callable[[str], None] = lambda reason: None,
     on_resume: Callable[[int], None] = lambda captions: None,
     on_progress: Callable[[int], None] = lambda captions: None,
+    overwrite: bool = False,
 ) -> CountResult:
     """Count the concepts of every caption in `paths`, resuming from `checkpoint` if it matches.
 
-    The checkpoint is rewritten every `checkpoint_every_s` seconds, on Ctrl-C, and at the end.
-    `on_progress` receives the number of captions counted since its last call.
+    A checkpoint of other inputs or settings is refused (its counts would be lost) unless
+    `overwrite`, which starts over. The checkpoint is rewritten every `checkpoint_every_s`
+    seconds, on Ctrl-C, and at the end. `on_progress` receives the number of captions counted
+    since its last call.
     """
     import spacy
 
@@ -149,7 +152,14 @@ def count_concepts(
 
     counts = ConceptCounts(settings.min_count, settings.examples_per_concept)
     finished = False
-    if checkpoint is not None and checkpoint.is_file():
+    if checkpoint is not None and not overwrite:
+        reason = checkpoint_mismatch(checkpoint, key)
+        if reason is not None:
+            raise RegionclipError(
+                f"{checkpoint.parent}: holds the concept counts of another run ({reason}); pass "
+                "--overwrite to start over, or choose another --out"
+            )
+    if checkpoint is not None and checkpoint.is_file() and not overwrite:
         loaded = load_checkpoint(checkpoint, key, settings.min_count, settings.examples_per_concept)
         if loaded is not None:
             counts, finished = loaded
