@@ -112,3 +112,29 @@ def test_recall_counts_boxes_found_at_each_iou():
     # a box that overlaps by IoU 0.9 counts at thresholds 0.5 ... 0.9 (9 of 10)
     recall = proposal_recall([torch.tensor([[0.0, 0.0, 10.0, 9.0]])], [gt[0][:1]], limits=(1,))
     assert recall[1] == pytest.approx(90.0)
+
+
+def test_zeroshot_with_rpn_proposals(cli, small_world, tiny_clip, tmp_path):
+    import json
+
+    network = _network(tiny_clip).eval()
+    path = tmp_path / "rpn.pt"
+    save_checkpoint(path, rpn_checkpoint(network, "world-tiny", {}))
+    out = tmp_path / "zs"
+    images = sorted((small_world / "images").iterdir())[:2]  # 1,000 proposals each: keep it short
+    code, _, err = cli("zeroshot", *images, "--model", "world-tiny", "--vocab", "world",
+                       "--templates", "single", "--proposals", "rpn", "--rpn", path, "--out", out, "-q",
+                       "--gt", small_world / "annotations.json", "--device", "cpu")
+    assert code == 0, err
+    rows = [json.loads(line) for line in (out / "detections.jsonl").read_text().splitlines()]
+    scores = [d["score"] for row in rows for d in row["detections"]]
+    assert len(rows) == 2 and scores and all(0 < s <= 1 for s in scores)  # sqrt(p x sigmoid): never NaN or > 1
+
+    code, _, err = cli("zeroshot", small_world / "images", "--model", "world-tiny", "--proposals", "rpn",
+                       "--out", tmp_path / "x")
+    assert code == 2 and "--proposals rpn needs --rpn FILE" in err
+    clip_file = tmp_path / "clip.pt"
+    save_checkpoint(clip_file, Checkpoint("clip", "world-tiny", {"x": torch.zeros(1)}))
+    code, _, err = cli("zeroshot", small_world / "images", "--model", "world-tiny", "--proposals", "rpn",
+                       "--rpn", clip_file, "--out", tmp_path / "y")
+    assert code == 2 and "not an RPN" in err and "Traceback" not in err

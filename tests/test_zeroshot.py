@@ -101,7 +101,7 @@ def test_bad_boxes_are_skipped_with_one_line_each(cli, small_world, tmp_path, ca
 @pytest.mark.parametrize("args, message", [
     (["--vocab", "wrld"], "did you mean 'world'"),
     (["--boxes", "nope.json"], "--boxes nope.json: no such file"),
-    (["--proposals", "rpn"], "not built yet"),
+    (["--proposals", "rpn"], "--proposals rpn needs --rpn FILE"),
     (["--model", "ViT-B-32"], "ViT-B-32"),
 ])
 def test_usage_errors_are_one_line_and_exit_2(cli, small_world, tmp_path, cache, args, message):

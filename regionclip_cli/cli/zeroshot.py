@@ -22,7 +22,8 @@ def zeroshot(
     pretrained: Annotated[Optional[str], typer.Option(help="open_clip pretrained tag, e.g. openai (downloads on a connected machine).")] = None,
     weights: Annotated[Optional[Path], typer.Option(help="Local weights: open_clip/PyTorch state dict, OpenAI .pt archive, or a regionclip checkpoint.")] = None,
     boxes: Annotated[Optional[Path], typer.Option(help="Boxes to recognise: a COCO annotation JSON (its ground-truth boxes, matched by file name), a {file: [[x1,y1,x2,y2], ...]} JSON, or JSON Lines with 'file' and 'boxes'.")] = None,
-    proposals: Annotated[ProposalSource, typer.Option(help="Proposals when --boxes is not given: random boxes on an 8-px grid, good for region features and pseudo labels, not for pictures of detections (rpn: a later version).")] = ProposalSource.random,
+    proposals: Annotated[ProposalSource, typer.Option(help="Proposals when --boxes is not given: random boxes on an 8-px grid, good for region features and pseudo labels, not for pictures of detections; rpn: the --rpn network's 1,000 best boxes after NMS 0.9, scored sqrt(class probability x objectness) with objectness a sigmoid probability (the original multiplies by the raw logit, which gives NaN and scores over 1).")] = ProposalSource.random,
+    rpn: Annotated[Optional[Path], typer.Option(help="RPN checkpoint for --proposals rpn (written by `regionclip rpn`).")] = None,
     num_proposals: Annotated[int, typer.Option(min=1, help="Random proposals per image (at most 10,000).")] = 300,
     templates: Annotated[str, typer.Option(help="Prompts: ensemble (80 CLIP ImageNet templates + '{}.'), single ('a photo of a {}.'), or a file with one template per line.")] = "ensemble",
     class_embeddings: Annotated[Optional[Path], typer.Option(help="A [classes, width] tensor file of class embeddings (e.g. the original RegionCLIP's), one row per --vocab class, instead of embedding the names.")] = None,
@@ -62,18 +63,21 @@ def zeroshot(
     Exit codes: 0 all images done; 1 some images or boxes failed (named on stderr), the rest done;
     2 a usage or input error; 130 interrupted (rerun the same command to finish).
     """
-    from regionclip_cli.core.errors import NotBuiltYet
+    from regionclip_cli.core.errors import RegionclipError
     from regionclip_cli.data.proposals import ProposalConfig, RandomBoxConfig
     from regionclip_cli.modeling.scoring import DetectionConfig
     from regionclip_cli.stages import zeroshot as stage
 
-    if proposals is ProposalSource.rpn and boxes is None:
-        raise NotBuiltYet("--proposals rpn: the RPN is not built yet; use --proposals random or --boxes FILE")
+    use_rpn = proposals is ProposalSource.rpn and boxes is None
+    if use_rpn and rpn is None:
+        raise RegionclipError("--proposals rpn needs --rpn FILE (an RPN checkpoint written by `regionclip rpn`)")
+    if rpn is not None and not use_rpn:
+        raise RegionclipError("--rpn is used with --proposals rpn (and without --boxes)")
     config = stage.ZeroShotConfig(
         images=images, vocab=vocab, out=out, model=model, pretrained=pretrained, weights=weights,
         templates=templates, class_embeddings=class_embeddings,
-        proposals=ProposalConfig("file" if boxes is not None else "random", boxes,
-                                 RandomBoxConfig(count=num_proposals)),
+        proposals=ProposalConfig("file" if boxes is not None else "rpn" if use_rpn else "random", boxes,
+                                 RandomBoxConfig(count=num_proposals), rpn=rpn),
         detection=DetectionConfig(score_threshold, nms, max_detections, temperature),
         min_size=min_size, max_size=max_size, batch_size=batch_size, gt=gt, save_vis=save_vis,
         vis_threshold=vis_threshold, save_features=save_features, device=device, cache_dir=cache_dir,

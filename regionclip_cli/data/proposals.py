@@ -238,6 +238,7 @@ class Proposals:
     boxes: torch.Tensor
     image_id: int | None
     problems: list[str]
+    objectness: torch.Tensor | None = None  # RPN proposals: each box's sigmoid objectness
 
 
 # Past this many proposals per image the work is not worth it and memory is at risk: each
@@ -254,12 +255,15 @@ class ProposalConfig:
     file: Path | None = None
     random: RandomBoxConfig = field(default_factory=RandomBoxConfig)
     max_boxes: int | None = None
+    rpn: Path | None = None  # source "rpn": a checkpoint written by `regionclip rpn`
 
     def __post_init__(self) -> None:
         if self.source not in PROPOSAL_SOURCES:
             raise RegionclipError(f"proposals: unknown source {self.source!r}; use {', '.join(PROPOSAL_SOURCES)}")
         if self.source == "file" and self.file is None:
             raise RegionclipError("proposals: source 'file' needs a box file (--boxes FILE)")
+        if self.source == "rpn" and self.rpn is None:
+            raise RegionclipError("proposals: source 'rpn' needs an RPN checkpoint (--rpn FILE, from `regionclip rpn`)")
         if self.random.count > MAX_PROPOSALS:
             raise RegionclipError(
                 f"--num-proposals {self.random.count}: at most {MAX_PROPOSALS:,} per image; each proposal "
@@ -269,6 +273,8 @@ class ProposalConfig:
     def describe(self) -> str:
         if self.source == "file":
             return f"file:{Path(self.file).resolve()}"
+        if self.source == "rpn":
+            return f"rpn:{Path(self.rpn).resolve()}@nms{ZERO_SHOT_RPN_NMS},{ZERO_SHOT_RPN_PROPOSALS}"
         r = self.random
         return f"random:{r.count}@grid{r.grid},min{r.min_size},seed{r.seed}"
 
@@ -284,6 +290,26 @@ class ProposalSource:
     def __init__(self, config: ProposalConfig):
         self.config = config
         self.box_file = BoxFile(config.file) if config.source == "file" else None
+        self.rpn = None
+        if config.source == "rpn":
+            from regionclip_cli.modeling.rpn import load_proposal_network
+
+            self.rpn = load_proposal_network(config.rpn, option="--rpn")
+            self.rpn.set_test_limits(ZERO_SHOT_RPN_NMS, ZERO_SHOT_RPN_PROPOSALS)
+
+    @property
+    def needs_pixels(self) -> bool:
+        """An RPN looks at the image: call `for_pixels` instead of `for_image`."""
+        return self.rpn is not None
+
+    def for_pixels(self, image: torch.Tensor, scale: float) -> Proposals:
+        """RPN proposals (the original's zero-shot settings: NMS 0.9, 1,000 boxes, no box
+        regression) for a raw RGB [3, h, w] image in [0, 1] at input size; `scale` maps original
+        to input pixels. The boxes come back in original pixels with their objectness."""
+        network = self.rpn.to(image.device)
+        with torch.inference_mode():
+            found = network([image])[0]
+        return Proposals(found["boxes"].cpu() / scale, None, [], found["scores"].cpu())
 
     @property
     def is_random(self) -> bool:
@@ -306,4 +332,6 @@ class ProposalSource:
         return Proposals(boxes, entry.image_id, problems)
 
 
-PROPOSAL_SOURCES = ("random", "file")
+PROPOSAL_SOURCES = ("random", "file", "rpn")
+ZERO_SHOT_RPN_NMS = 0.9
+ZERO_SHOT_RPN_PROPOSALS = 1000

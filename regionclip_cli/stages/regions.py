@@ -32,6 +32,7 @@ class EmbeddedImage:
     embeddings: torch.Tensor
     image_id: int | None  # the id a COCO box file gives the image
     problems: list[str]  # boxes that were skipped, one line each
+    objectness: torch.Tensor | None = None  # RPN proposals: each box's objectness probability
 
     @property
     def path(self) -> Path:
@@ -59,17 +60,22 @@ def embed_regions(
 ) -> Iterator[EmbeddedImage | SkippedImage]:
     """Yield one result per input, in order; bad images become `SkippedImage` and the rest go on."""
     loader = ImageLoader(inputs, transform, workers=loader_threads, keep_original=keep_originals)
-    pending: list[tuple[LoadedImage, torch.Tensor, int | None, list[str]]] = []
+    pending: list[tuple[LoadedImage, torch.Tensor, int | None, list[str], torch.Tensor | None]] = []
+    mean = torch.tensor(transform.mean).view(3, 1, 1)
+    std = torch.tensor(transform.std).view(3, 1, 1)
     for item in loader:
         if not isinstance(item, LoadedImage):
             yield SkippedImage(item.path, item.message)
             continue
         try:
-            found = proposals.for_image(item.path, *item.original_size)
+            if proposals.needs_pixels:  # the RPN normalises the raw picture its own way
+                found = proposals.for_pixels((item.tensor * std + mean).to(device), item.scale)
+            else:
+                found = proposals.for_image(item.path, *item.original_size)
         except InputError as error:
             yield SkippedImage(item.path, str(error))
             continue
-        pending.append((item, found.boxes, found.image_id, found.problems))
+        pending.append((item, found.boxes, found.image_id, found.problems, found.objectness))
         if len(pending) == batch_size:
             yield from _embed(encoder, transform, pending, device)
             pending = []
@@ -82,10 +88,11 @@ def _embed(encoder: RegionEncoder, transform: ImageTransform, pending: list, dev
     images = [p[0] for p in pending]
     with torch.inference_mode():
         batch = transform.batch([image.tensor for image in images]).to(device)
-        scaled = [boxes.to(device) * image.scale for image, boxes, _, _ in pending]
+        scaled = [boxes.to(device) * image.scale for image, boxes, _, _, _ in pending]
         embeddings = torch.nn.functional.normalize(encoder(batch, scaled).float(), dim=-1)
-    for (image, boxes, image_id, problems), emb in zip(pending, embeddings.split([len(p[1]) for p in pending])):
-        yield EmbeddedImage(image, boxes.cpu(), emb, image_id, problems)
+    for (image, boxes, image_id, problems, objectness), emb in zip(
+            pending, embeddings.split([len(p[1]) for p in pending])):
+        yield EmbeddedImage(image, boxes.cpu(), emb, image_id, problems, objectness)
 
 
 # Pictures draw a few well-separated boxes: overlapping labels cannot be read.

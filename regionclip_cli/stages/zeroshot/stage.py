@@ -308,6 +308,12 @@ def _class_embeddings(config: ZeroShotConfig, clip, vocabulary: Vocabulary, temp
 def _score(item: EmbeddedImage, class_embeddings: torch.Tensor, vocabulary: Vocabulary,
            detection: DetectionConfig, ids: _ImageIds) -> ImageResult:
     probabilities = class_probabilities(item.embeddings, class_embeddings, detection.temperature)
+    if item.objectness is not None:
+        from regionclip_cli.modeling.detector.postprocess import combine_scores
+
+        # RPN proposals: sqrt(class probability x sigmoid objectness), the original's zero-shot
+        # score with objectness read as a probability (see combine_scores).
+        probabilities = combine_scores(probabilities, item.objectness.to(probabilities.device))
     boxes = item.boxes.to(probabilities.device)
     chosen: Detections = select_detections(boxes, probabilities, detection)
     if len(probabilities):
