@@ -272,6 +272,8 @@ def test_command_writes_the_pool_and_exits_1_on_skipped_lines(tmp_path):
         "dog": 30, "bus": 30, "fire hydrant": 30, "cat": 30, "bench": 30}
     assert document["malformed_lines"] == 1 and document["captions"] == 60
     assert document["embeddings"] is None and len(document["inputs"]) == 2
+    assert document["regionclip_version"] and document["settings"]["text_normalisation"]
+    assert document["model_identity"] is None and document["templates"] is None
     assert len(document["concepts"][0]["examples"]) == 3
     assert (out / "concepts.txt").read_text().splitlines() == [c["name"] for c in document["concepts"]]
     assert not (out / "concept_embeddings.pt").exists()

@@ -102,5 +102,6 @@ def build_concept_pool(job: ConceptsConfig, callbacks: Callbacks = Callbacks(),
     document = pool_document(entries, result, job.counting, max_concepts=job.max_concepts,
                              vocab_filter=job.vocab_filter, embeddings=embeddings_name)
     document["model_identity"] = identity
+    document["templates"] = embedder.templates if embedder is not None else None
     files[:0] = write_pool(job.out_dir, document)
     return ConceptReport(entries, result, missing, files, identity)

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from regionclip_cli import __version__
 from regionclip_cli.core.atomic import write_json, write_text
+from regionclip_cli.stages.concepts.corpus import TEXT_NORMALISATION
 from regionclip_cli.stages.concepts.counts import ConceptCounts
 from regionclip_cli.stages.concepts.stream import CountResult, CountConfig
 
@@ -83,8 +85,10 @@ def pool_document(entries: Sequence[PoolEntry], result: CountResult, settings: C
             "max_concepts": max_concepts,
             "vocab_filter": vocab_filter,
             "stop_words": sorted(settings.parse.stop_words),
+            "text_normalisation": TEXT_NORMALISATION,
             "count": "captions mentioning the concept",
         },
+        "regionclip_version": __version__,
         "inputs": [identity.to_json() for identity in result.inputs],
         "captions": counts.captions,
         "malformed_lines": counts.malformed,
