@@ -138,3 +138,19 @@ def test_zeroshot_with_rpn_proposals(cli, small_world, tiny_clip, tmp_path):
     code, _, err = cli("zeroshot", small_world / "images", "--model", "world-tiny", "--proposals", "rpn",
                        "--rpn", clip_file, "--out", tmp_path / "y")
     assert code == 2 and "not an RPN" in err and "Traceback" not in err
+
+
+def test_resnet_fpn_backbone_trains_with_the_head_and_round_trips(tmp_path):
+    torch.manual_seed(0)
+    config = RPNConfig(backbone="resnet18-fpn", anchor_sizes=[16, 32, 64, 128, 256], batch_size_per_image=64,
+                       post_nms_top_n_test=50)
+    network = build_proposal_network(config).train()
+    losses = network(_images(), TARGETS)
+    sum(losses.values()).backward()
+    assert network.backbone.body.layer1[0].conv1.weight.grad is not None  # the FPN trains too
+    path = tmp_path / "fpn.pt"
+    save_checkpoint(path, rpn_checkpoint(network.eval(), "resnet18-fpn", {}))
+    with torch.no_grad():
+        expected = network(_images())
+        found = load_proposal_network(path)(_images())
+    assert all(torch.equal(a["boxes"], b["boxes"]) for a, b in zip(expected, found))
