@@ -222,8 +222,9 @@ class ProposalNetwork(nn.Module):
 
 
 def freeze(network: ProposalNetwork) -> ProposalNetwork:
-    """An offline RPN: no gradients, and eval mode that a parent's `.train()` must not undo
-    (the parent calls `keep_frozen` in its own `train`)."""
+    """An offline RPN: no gradients and eval mode. A parent's `.train()` would switch it back to
+    training mode (targets required, training top-k), so the parent's own `train` puts it back
+    in eval mode, as `OpenVocabularyDetector.train` does."""
     network.requires_grad_(False)
     return network.eval()
 
