@@ -99,7 +99,7 @@ def checkpoint_mismatch(path: Path, key: dict) -> str | None:
     if saved == key:
         return None
     if saved.get("inputs") != key.get("inputs"):
-        return "its caption files differ (path, size or modification time)"
+        return "its caption files differ in path, size or modification time"
     changed = sorted(k for k in set(saved) | set(key) if saved.get(k) != key.get(k))
     return "its settings differ: " + ", ".join(changed)
 
