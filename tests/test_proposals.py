@@ -70,3 +70,27 @@ def test_box_file_errors_name_the_file_and_line(tmp_path):
         BoxFile(shape)
     with pytest.raises(RegionclipError, match="no such file"):
         BoxFile(tmp_path / "missing.json")
+
+
+def test_ambiguous_names_are_refused_before_any_work(tmp_path):
+    from pathlib import Path
+
+    index = FileNameIndex(["x.png", "val/y.png", "train/y.png"])
+    index.check_unambiguous([Path("a/x.png"), Path("b/val/y.png")], "--boxes f.json")
+    with pytest.raises(RegionclipError, match=r"a/x\.png and b/x\.png both match the one entry 'x\.png'"):
+        index.check_unambiguous([Path("a/x.png"), Path("b/x.png")], "--boxes f.json")
+    with pytest.raises(RegionclipError, match=r"y\.png matches several entries \('val/y\.png', 'train/y\.png'\)"):
+        index.check_unambiguous([Path("y.png")], "--boxes f.json")
+
+
+def test_a_json_lines_file_with_one_line_is_read_as_json_lines(tmp_path):
+    path = tmp_path / "one.jsonl"
+    path.write_text('{"file": "a.png", "boxes": [[1, 2, 3, 4]]}\n')
+    assert BoxFile(path).entry_for(tmp_path / "a.png").boxes.tolist() == [[1, 2, 3, 4]]
+
+
+def test_proposal_count_is_bounded_with_a_reason():
+    from regionclip_cli.data.proposals import ProposalConfig
+
+    with pytest.raises(RegionclipError, match=r"--num-proposals 200000: at most 10,000 per image"):
+        ProposalConfig("random", None, RandomBoxConfig(count=200_000))

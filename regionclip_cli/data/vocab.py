@@ -149,6 +149,11 @@ def _custom(name: str, names: list[str], origin: str) -> Vocabulary:
     return Vocabulary(name, tuple(cleaned), tuple(range(1, len(cleaned) + 1)))
 
 
+def vocabulary_from_names(names: list[str], origin: str = "vocabulary") -> Vocabulary:
+    """A custom vocabulary from a list of class names (numbered 1..N), as the Python API takes it."""
+    return _custom("custom", [str(n) for n in names], origin)
+
+
 def load_vocabulary(spec: str) -> Vocabulary:
     """Resolve `--vocab`: a built-in name, a text file (one name per line), or 'a,b,c'."""
     spec = spec.strip()

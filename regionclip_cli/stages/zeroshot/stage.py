@@ -21,7 +21,7 @@ from regionclip_cli.core.errors import RegionclipError
 from regionclip_cli.data.coco import CocoFile, read_coco
 from regionclip_cli.data.images import ImageTransform, NamedImage, ResizeConfig, find_images
 from regionclip_cli.data.proposals import FileNameIndex, ProposalConfig, ProposalSource
-from regionclip_cli.data.vocab import Vocabulary, load_vocabulary
+from regionclip_cli.data.vocab import Vocabulary, load_vocabulary, vocabulary_from_names
 from regionclip_cli.modeling.scoring import DetectionConfig, Detections, class_probabilities, select_detections
 from regionclip_cli.stages.regions import EmbeddedImage, SkippedImage, best_separated, embed_regions
 from regionclip_cli.stages.zeroshot.outputs import OutputFolder, run_settings
@@ -140,10 +140,7 @@ def resize_for(clip, min_size: int | None, max_size: int | None) -> ResizeConfig
 def _vocabulary(spec: str | Sequence[str]) -> Vocabulary:
     if isinstance(spec, str):
         return load_vocabulary(spec)
-    names = [str(n) for n in spec]
-    if not names:
-        raise RegionclipError("vocabulary: the list of class names is empty")
-    return load_vocabulary(",".join(names) + ("," if len(names) == 1 else ""))
+    return vocabulary_from_names(list(spec))
 
 
 def _check_options(config: ZeroShotConfig) -> None:
