@@ -478,6 +478,21 @@ def test_lvis_ground_truth_is_evaluated_the_lvis_way():
     assert result.kind == "lvis" and result.metrics["APr"] == pytest.approx(100.0)
 
 
+def test_lvis_rules_only_on_a_federated_ground_truth():
+    # faster-coco-eval's LVIS mode drops detections of classes an image neither has nor lists as
+    # absent: on a COCO-style file that would hide false positives.
+    gt = _lvis_gt()
+    for img in gt["images"]:
+        del img["neg_category_ids"], img["not_exhaustive_category_ids"]
+    false_positive = {"image_id": 3, "category_id": 3, "bbox": [300, 300, 50, 50], "score": 0.99}
+    from regionclip_cli.data.vocab import Vocabulary
+
+    vocabulary = Vocabulary("mine", ("c1", "c2", "c3", "c4"), (1, 2, 3, 4), splits={"r": (1, 4), "c": (2,), "f": (3,)})
+    result = evaluate_detections(_lvis_perfect(gt) + [false_positive], gt, vocabulary=vocabulary)
+    assert result.kind == "coco" and result.metrics["AP50_f"] < 100.0
+    assert any("not federated like LVIS" in note for note in result.notes)
+
+
 # ------------------------------------------------------------------------------ region top-1 accuracy
 
 from regionclip_cli.evaluation.chance import random_score_levels  # noqa: E402

@@ -267,24 +267,35 @@ def resolve_scope(ground_truth: GroundTruth, *, split: Split = None, vocabulary:
                     if key in img:
                         img[key] = [c for c in img[key] if int(c) in keep]
 
-    groups, kind = _groups(split, split_vocab, vocabulary, dataset["categories"])
-    return _Scope(dataset, kind, groups, notes, evaluated, len(all_ids))
+    groups, kind, group_notes = _groups(split, split_vocab, vocabulary, dataset)
+    return _Scope(dataset, kind, groups, notes + group_notes, evaluated, len(all_ids))
 
 
 def _groups(split: Split, split_vocab: Vocabulary | None, vocabulary: Vocabulary | None,
-            categories: list[dict]) -> tuple[dict[str, list[int]], str]:
-    """Category groups to report (base/novel or r/c/f) and whether this is an LVIS evaluation."""
+            dataset: dict) -> tuple[dict[str, list[int]], str, list[str]]:
+    """Category groups to report (base/novel or r/c/f), "coco" or "lvis", and notes.
+
+    LVIS rules apply only to a federated ground truth (every category has a frequency, every
+    image its `neg_category_ids`): on an exhaustively annotated COCO-style file they would drop
+    the detections of categories an image does not contain, so such a file is scored the COCO way.
+    """
     if isinstance(split, Mapping):
-        return {str(k): [int(c) for c in v] for k, v in split.items()}, "coco"
+        return {str(k): [int(c) for c in v] for k, v in split.items()}, "coco", []
+    categories = dataset["categories"]
     source = split_vocab or vocabulary
     splits = dict(source.splits) if source is not None else {}
-    federated = bool(categories) and all(c.get("frequency") in LVIS_FREQUENCIES for c in categories)
-    if set(LVIS_FREQUENCIES) <= set(splits) or federated:
-        return {}, "lvis"  # evaluate_lvis reads the groups from the ground truth's frequencies
+    federated = (bool(categories) and all(c.get("frequency") in LVIS_FREQUENCIES for c in categories)
+                 and all("neg_category_ids" in img for img in dataset["images"]))
+    if federated:
+        return {}, "lvis", []  # evaluate_lvis reads the groups from the ground truth's frequencies
+    if set(LVIS_FREQUENCIES) <= set(splits):
+        note = ("the ground truth is not federated like LVIS (no 'neg_category_ids' or category "
+                "frequencies), so it is scored the COCO way; AP50_r/c/f are its frequency groups")
+        return {g: [int(c) for c in splits[g]] for g in LVIS_FREQUENCIES}, "coco", [note]
     if not {"base", "novel"} & set(splits) and split_vocab is None:
         tagged = {s: [c["id"] for c in categories if c.get("split") == s] for s in ("base", "novel")}
         splits = {s: ids for s, ids in tagged.items() if ids}
-    return {s: [int(c) for c in splits[s]] for s in ("base", "novel") if s in splits}, "coco"
+    return {s: [int(c) for c in splits[s]] for s in ("base", "novel") if s in splits}, "coco", []
 
 
 def evaluate_detections(
