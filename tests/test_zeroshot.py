@@ -121,6 +121,10 @@ def test_weights_that_are_not_a_checkpoint(cli, small_world, tmp_path, cache):
     image = sorted((small_world / "images").iterdir())[0]
     code, _, err = cli("zeroshot", image, *TINY, "--weights", bogus, "--out", tmp_path / "out")
     assert code == 2 and "weights.pt" in err
+    assert not (tmp_path / "out" / "settings.json").exists()  # a failed start claims no folder
+    code, _, err = cli("zeroshot", image, *TINY, "--templates", "single", "--num-proposals", "5",
+                       "--out", tmp_path / "out")
+    assert code == 0, err
 
 
 def test_empty_folder_is_a_usage_error(cli, tmp_path, cache):

@@ -67,11 +67,14 @@ class OutputFolder:
         self.settings = settings
         saved_path = path / SETTINGS_FILE
         saved = json.loads(saved_path.read_text(encoding="utf-8")) if saved_path.is_file() else None
-        leftovers = [name for name in OUTPUT_FILES + OUTPUT_FOLDERS if (path / name).exists()]
-        resume = False
+        # A run that stopped before its first image (a bad option, a failed download) leaves only
+        # settings.json: that does not make the folder another run's.
+        leftovers = [name for name in OUTPUT_FILES + OUTPUT_FOLDERS
+                     if name != SETTINGS_FILE and (path / name).exists()]
+        self.resume = False
         if saved is not None and saved == settings:
-            resume = (path / DetectionWriter.PARTIAL_NAME).is_file()
-            if not resume:
+            self.resume = (path / DetectionWriter.PARTIAL_NAME).is_file()
+            if not self.resume:
                 self._clear()  # the same run again: redo it from scratch
         elif leftovers:
             if not overwrite:
@@ -81,8 +84,14 @@ class OutputFolder:
                     f"--out {path}: holds zeroshot results made with {what}; use another --out or "
                     "--overwrite to replace them")
             self._clear()
-        write_json(saved_path, settings, indent=2)
-        self.writer = DetectionWriter(path, save_pictures=pictures, save_features=features, resume=resume)
+        self.pictures, self.features = pictures, features
+        self.writer: DetectionWriter | None = None
+
+    def open(self) -> None:
+        """Record the settings and start (or carry on) the detections; called once the model is ready."""
+        write_json(self.path / SETTINGS_FILE, self.settings, indent=2)
+        self.writer = DetectionWriter(self.path, save_pictures=self.pictures, save_features=self.features,
+                                      resume=self.resume)
 
     def _clear(self) -> None:
         for name in OUTPUT_FILES:

@@ -220,6 +220,8 @@ def run(config: ZeroShotConfig, reporter: Reporter | None = None) -> ZeroShotRes
     class_embeddings = _class_embeddings(config, clip, vocabulary, templates).to(clip.device)
     encoder = frozen_region_encoder(clip.model.visual)
     transform = ImageTransform(clip.mean, clip.std, resize_for(clip, config.min_size, config.max_size))
+    if folder is not None:
+        folder.open()
 
     result = ZeroShotResult(images_total=len(paths), failures=list(missing), out=folder.path if folder else None)
     result.notes.extend(clip.notes)
