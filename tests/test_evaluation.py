@@ -529,7 +529,7 @@ def test_region_top1_counts_right_labels_per_split_and_size():
     assert acc.chance == pytest.approx(5.0) and acc.missed_gt == 0 and acc.unmatched_boxes == 0
     data = acc.to_dict()
     assert data["counts"]["novel"] == {"correct": 0, "total": n_novel} and data["chance"] == 5.0
-    assert "ranks recognition, not detection" in RECOGNITION_NOTE
+    assert "ranks recognition, not detection" in RECOGNITION_NOTE and acc.notes[-1] == RECOGNITION_NOTE
 
 
 def test_region_top1_matches_only_copies_of_ground_truth_boxes():

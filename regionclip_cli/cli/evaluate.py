@@ -64,7 +64,6 @@ def render_evaluation(result, *, region=None, random_levels: dict | None = None,
     from rich.table import Table
 
     from regionclip_cli.evaluation.api import describe
-    from regionclip_cli.evaluation.region_accuracy import RECOGNITION_NOTE
 
     console = console or Console()
     table = Table(title=f"evaluation ({result.kind})", title_justify="left")
@@ -91,5 +90,3 @@ def render_evaluation(result, *, region=None, random_levels: dict | None = None,
                       highlight=False, markup=False)
     for note in dict.fromkeys(list(result.notes) + (list(region.notes) if region is not None else [])):
         console.print(f"note: {note}", highlight=False, markup=False)
-    if region is not None:
-        console.print(f"note: {RECOGNITION_NOTE}", highlight=False, markup=False)

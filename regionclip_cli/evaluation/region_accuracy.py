@@ -55,6 +55,7 @@ class RegionAccuracy:
 
     `missed_gt`: ground-truth boxes no record's box copies (not in the accuracy); `unmatched_boxes`:
     predicted boxes that copy no ground-truth box (proposals that are not ground-truth boxes).
+    `notes` end with RECOGNITION_NOTE, so a report that shows AP with these boxes says what it means.
     """
 
     groups: dict[str, AccuracyGroup]
@@ -182,6 +183,8 @@ def region_accuracy(
         notes.append(f"{missed} ground-truth boxes had no identical proposal and are not in the accuracy")
     if groups["all"].total == 0 and matched:
         notes.append("no proposal copies a ground-truth box: region accuracy needs the ground-truth boxes as proposals")
+    else:
+        notes.append(RECOGNITION_NOTE)  # whoever prints these notes says it beside the AP
     return RegionAccuracy(groups, num_classes, unmatched, missed, len(matched), total_images, notes)
 
 
