@@ -72,3 +72,25 @@ def test_teacher_comes_from_the_concept_file_when_not_given(cli, small_world, co
     assert code == 0, err
     assert json.loads((out / "manifest.json").read_text())["settings"]["model_identity"].startswith("world-tiny@")
     assert "random proposals" in err
+
+
+def test_ctrl_c_says_what_was_written_and_the_rerun_finishes(cli, small_world, concepts, tmp_path, monkeypatch):
+    from regionclip_cli.stages.pseudolabel import stage
+
+    out = tmp_path / "labels"
+    args = ["pseudolabel", small_world / "images", "--concepts", concepts, "--out", out, "--regions", "3",
+            "--shard-size", "4", "--pictures", "0", "--device", "cpu", "-q"]
+    real, calls = stage.label_records, []
+
+    def interrupted_in_the_second_shard(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(stage, "label_records", interrupted_in_the_second_shard)
+    code, _, err = cli(*args)
+    assert code == 130 and "1 of 2 shards are written" in err and "rerun the same command" in err
+    monkeypatch.setattr(stage, "label_records", real)
+    code, _, err = cli(*args)
+    assert code == 0 and len(records(out)) == 8

@@ -59,7 +59,12 @@ def pseudolabel(
             bar.update(self.task, advance=images, status=f"shard {index + 1}/{total}")
 
     with progress_bar(disable=quiet) as bar:
-        result = stage.run(config, BarReporter())
+        try:
+            result = stage.run(config, BarReporter())
+        except stage.PseudoLabelInterrupted as interrupted:
+            bar.stop()
+            typer.echo(f"interrupted: {interrupted}", err=True)
+            raise typer.Exit(130) from None
     for line in result.failures:
         stderr_console.print(f"[red]skipped[/] {escape(line)}", highlight=False)
     for line in result.warnings:

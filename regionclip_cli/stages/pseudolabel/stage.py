@@ -62,6 +62,12 @@ class PseudoLabelResult:
         return 1 if self.failures or self.warnings else 0
 
 
+class PseudoLabelInterrupted(RegionclipError):
+    """Ctrl-C during a run: what was written and how to finish, in one line."""
+
+    exit_code = 130
+
+
 class Reporter:
     """Progress of a run (the CLI draws a bar); Python code may ignore it."""
 
@@ -121,12 +127,18 @@ def run(config: PseudoLabelConfig, reporter: Reporter | None = None) -> PseudoLa
     done_images = len(paths) - sum(len(shards.shard_images(i)) for i in pending)
     reporter.start(len(paths), done_images)
     box_problems: list[str] = []
-    for index in pending:
-        shard_paths = shards.shard_images(index)
-        embedded = embed_regions(encoder, transform, proposals, shard_paths, device=clip.device,
-                                 batch_size=config.batch_size)
-        shards.write_shard(index, label_records(embedded, concepts, config.rule, pool.names, box_problems))
-        reporter.shard_done(len(shard_paths), index, shards.num_shards)
+    try:
+        for index in pending:
+            shard_paths = shards.shard_images(index)
+            embedded = embed_regions(encoder, transform, proposals, shard_paths, device=clip.device,
+                                     batch_size=config.batch_size)
+            shards.write_shard(index, label_records(embedded, concepts, config.rule, pool.names, box_problems))
+            reporter.shard_done(len(shard_paths), index, shards.num_shards)
+    except KeyboardInterrupt:
+        written = shards.num_shards - len(shards.pending())
+        raise PseudoLabelInterrupted(
+            f"{written} of {shards.num_shards} shards are written to {shards.shards_dir}; rerun the same "
+            "command to finish (finished shards are kept)") from None
     summary = shards.summary()
     write_json(Path(config.out) / "summary.json", summary, indent=2)
     records = list(shards.records())
