@@ -313,3 +313,17 @@ def test_readme_python_api_example_runs(small_world, cache):
     with torch.no_grad():
         exec(README_EXAMPLE, namespace)
     assert namespace["embeddings"].shape == (1, 128) and namespace["classes"].shape == (2, 128)
+
+
+def test_batch_size_changes_speed_not_results(cli, small_world, tmp_path, cache):
+    """Issue 13.1: any --batch-size works (the model chunks what it gets); equal-size images need no padding."""
+    outs = []
+    for batch in ("1", "8"):
+        out = tmp_path / f"b{batch}"
+        code, _, err = cli("zeroshot", small_world / "images", *FAST, "--num-proposals", "10",
+                           "--batch-size", batch, "--out", out)
+        assert code == 0, err
+        outs.append([json.loads(line) for line in (out / "detections.jsonl").read_text().splitlines()])
+    for one, eight in zip(*outs):
+        assert [d["label"] for d in one["detections"]] == [d["label"] for d in eight["detections"]]
+        assert [d["score"] for d in one["detections"]] == pytest.approx([d["score"] for d in eight["detections"]], abs=1e-4)
