@@ -53,13 +53,14 @@ def demo(
         stderr_console.print(f"  $ {step.command}", markup=False, highlight=False)
 
     result = run(DemoConfig(out=out, device=device, quick=quick), runner=_run_in_process, announce=announce)
-    table = Table(title=f"Held-out world images, {result.boxes} ground-truth boxes, 20 classes")
+    table = Table(title=f"Held-out world images, {result.boxes} ground-truth boxes, 20 classes",
+                  caption="teacher: world-tiny; student: pretrained from it here")
     for column in ("model", "top-1", "top-1 base", "top-1 novel", "AP50", "AP50 base", "AP50 novel"):
         table.add_column(column, justify="left" if column == "model" else "right")
-    for name, scores in (("teacher (world-tiny)", result.teacher), ("student (pretrained)", result.student)):
+    for name, scores in (("teacher", result.teacher), ("student", result.student)):
         table.add_row(name, *(_percent(v) for v in (scores.top1, scores.top1_base, scores.top1_novel,
                                                     scores.ap50, scores.ap50_base, scores.ap50_novel)))
-    table.add_row("chance / random", _percent(result.chance), _percent(result.chance), _percent(result.chance),
+    table.add_row("chance", _percent(result.chance), _percent(result.chance), _percent(result.chance),
                   "", "", "", style="dim")
     typer.echo("")
     from rich.console import Console
