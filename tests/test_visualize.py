@@ -134,3 +134,25 @@ def test_a_label_no_font_can_draw_becomes_its_id_not_boxes(monkeypatch):
     draw = ImageDraw.Draw(Image.new("RGB", (10, 10)))
     text = pictures._label_text({"label": unassigned, "category_id": 7, "score": 0.9}, 14, draw)
     assert "".join(chunk for chunk, _ in text.runs) == "#7 0.90"
+
+
+def test_each_picture_is_named_on_its_detections_line(tmp_path):
+    # Issue 13.6: two x.png in different folders gave x.jpg and x_2.jpg, with nothing saying which is which.
+    import json
+    from pathlib import Path
+
+    from regionclip_cli.data.detections import DetectionWriter, ImageDetections
+
+    writer = DetectionWriter(tmp_path / "out", save_pictures=True, save_features=True)
+    for folder, colour in (("a", (255, 0, 0)), ("b", (0, 0, 255))):
+        writer.add(ImageDetections(Path(folder) / "x.png", 8, 8, 1 if folder == "a" else 2, []),
+                   picture=Image.new("RGB", (8, 8), colour),
+                   boxes=np.zeros((1, 4)), features=np.ones((1, 3)))
+    writer.close()
+    rows = [json.loads(line) for line in (tmp_path / "out" / "detections.jsonl").read_text().splitlines()]
+    assert [r["picture"] for r in rows] == ["pictures/x.jpg", "pictures/x_2.jpg"]
+    assert [r["features"] for r in rows] == ["features/x.npz", "features/x_2.npz"]
+    for row, expected in zip(rows, ((255, 0, 0), (0, 0, 255))):
+        with Image.open(tmp_path / "out" / row["picture"]) as saved:
+            red, _, blue = saved.convert("RGB").getpixel((4, 4))
+            assert (red > 200) == (expected[0] == 255) and (blue > 200) == (expected[2] == 255)

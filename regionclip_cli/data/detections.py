@@ -89,20 +89,24 @@ class DetectionWriter:
             extra: dict | None = None) -> None:
         row = {"file": str(result.file), "width": result.width, "height": result.height,
                "image_id": result.image_id, "detections": result.detections, **(extra or {})}
-        self._jsonl.write(json.dumps(row) + "\n")
-        self._jsonl.flush()
-        self.rows.append(row)
-        self._coco.extend(coco_results(result))
+        # Names are unique per run (x.jpg, x_2.jpg for two x.png); the row names its files so each
+        # picture and feature file maps to its line. Files first: a row never names a missing one.
         stem = _safe_stem(result.file, self._stems) if (self.pictures_dir or self.features_dir) else ""
         if self.pictures_dir is not None and picture is not None:
             from regionclip_cli.data.pictures import save_picture
 
             save_picture(picture, self.pictures_dir / f"{stem}.jpg")
+            row["picture"] = f"{self.pictures_dir.name}/{stem}.jpg"
         if self.features_dir is not None and features is not None:
             self.features_dir.mkdir(parents=True, exist_ok=True)
             with atomic_path(self.features_dir / f"{stem}.npz") as tmp:
                 with tmp.open("wb") as handle:
                     np.savez(handle, boxes=boxes.astype(np.float32), features=features.astype(np.float32))
+            row["features"] = f"{self.features_dir.name}/{stem}.npz"
+        self._jsonl.write(json.dumps(row) + "\n")
+        self._jsonl.flush()
+        self.rows.append(row)
+        self._coco.extend(coco_results(result))
 
     @property
     def coco_detections(self) -> list[dict]:
