@@ -93,6 +93,7 @@ def test_help_reads_cleanly(path, columns):
         assert bad not in text, bad
     assert not re.search(r"\s[.,;:](\s|$)", text), re.search(r".{0,30}\s[.,;:](\s|$)", text).group(0)
     assert _greedy_wrap_broken(lines, columns - 2) == []
+    assert not [line for line in lines if re.search(r"\w-$", line)]  # "coco-" / "rn50x4" split at a hyphen
     # Nothing of any help text is lost (rich markup used to eat "[[x1,y1,x2,y2], ...]").
     command = next(c for p, c in _all_commands() if p == path)
     squeezed = re.sub(r"\s+", "", text)

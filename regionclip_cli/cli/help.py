@@ -10,12 +10,14 @@ the terminal), and `tidy_help` adjusts every command of the tree once it is buil
 - arguments show as IMAGES... in the usage line and the argument list;
 - example paragraphs (indented lines in a docstring) are never rewrapped: a command that does not
   fit the width is continued on the next line with a shell continuation (`\\`), so it can still
-  be copied and run.
+  be copied and run;
+- lines break at spaces, never inside a hyphenated name (coco-rn50x4, world-tiny).
 """
 
 from __future__ import annotations
 
 import inspect
+import re
 import textwrap
 
 import click
@@ -96,12 +98,51 @@ def _format_help_text(self, ctx: click.Context, formatter: click.HelpFormatter) 
             formatter.write_text(_keep_examples(text, width))
 
 
+_NON_BREAKING_HYPHEN = "\u2011"
+_WORD_HYPHEN = re.compile(r"(?<=\w)-(?=\w)")
+
+
+def _keep_hyphenated_words(formatter) -> None:
+    """Wrap lines at spaces only: "coco-rn50x4" or "world-tiny" split at the hyphen reads as two words.
+
+    The formatter's text and definition lists are wrapped with hyphens inside words swapped for
+    non-breaking ones (same width), which are swapped back in what it wrote.
+    """
+    if getattr(formatter, "_keeps_hyphens", False):
+        return
+    write_text, write_dl = formatter.write_text, formatter.write_dl
+
+    def restore(start: int) -> None:
+        formatter.buffer[start:] = [part.replace(_NON_BREAKING_HYPHEN, "-") for part in formatter.buffer[start:]]
+
+    def text(value: str) -> None:
+        start = len(formatter.buffer)
+        write_text(_WORD_HYPHEN.sub(_NON_BREAKING_HYPHEN, value))
+        restore(start)
+
+    def definitions(rows, *args, **kwargs) -> None:
+        start = len(formatter.buffer)
+        write_dl([(term, _WORD_HYPHEN.sub(_NON_BREAKING_HYPHEN, help)) for term, help in rows], *args, **kwargs)
+        restore(start)
+
+    formatter.write_text, formatter.write_dl = text, definitions
+    formatter._keeps_hyphens = True
+
+
 class _Command(TyperCommand):
     format_help_text = _format_help_text
+
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        _keep_hyphenated_words(formatter)
+        super().format_help(ctx, formatter)
 
 
 class _Group(TyperGroup):
     format_help_text = _format_help_text
+
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        _keep_hyphenated_words(formatter)
+        super().format_help(ctx, formatter)
 
 
 def tidy_help(command: click.Command) -> click.Command:
