@@ -106,8 +106,8 @@ def check(recipe: PretrainConfig, *, resume: bool | Path = False, overwrite: boo
 
     checkpoint = folder.checkpoint if resume is True else Path(resume)
     if not checkpoint.is_file():
-        raise RegionclipError(f"--resume: {checkpoint} does not exist (no run to continue there); "
-                              "start without --resume")
+        instead = "start over with --overwrite" if folder.run_files() else "start without --resume"
+        raise RegionclipError(f"--resume: {checkpoint} does not exist (no checkpoint to continue from); {instead}")
     state = load_state(checkpoint)
     saved = state["metadata"].get("recipe", {})
     result.resume_changes = check_resume(saved, to_plain(recipe), checkpoint=checkpoint,
