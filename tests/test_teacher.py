@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -42,6 +44,24 @@ def test_short_training_runs_and_saves(tmp_path):
     assert all(p.dtype == torch.float32 for p in model.parameters())
     figures = caption_retrieval(model, num_images=12)
     assert 0 <= figures["zeroshot_accuracy"] <= 1 and figures["num_captions"] >= 36
+
+
+def test_evaluation_reports_image_and_region_top1(cli, tmp_path):
+    from regionclip_cli.modeling.clip import load_clip
+    from regionclip_cli.synthetic.evaluation import EvaluationConfig, evaluate_world_clip
+
+    figures = evaluate_world_clip(load_clip("world-tiny", random_init=True),
+                                  EvaluationConfig(image_count=12, region_images=4))
+    assert figures["chance"] == 0.05 and figures["image"]["all"]["count"] == 12
+    region = figures["region"]
+    assert region["base"]["count"] + region["novel"]["count"] == region["all"]["count"]
+    assert sum(region[k]["count"] for k in ("small", "medium", "large")) == region["all"]["count"]
+    assert all(0 <= row["top1"] <= 1 for row in (*figures["image"].values(), *region.values()) if row["count"])
+    code, out, err = cli("world", "evaluate-teacher", "--images", "6", "--region-images", "3",
+                         "--json", tmp_path / "f.json", "--device", "cpu")
+    assert code == 0, err
+    assert "image" in out and "region" in out and "6 single-shape images" in out
+    assert json.loads((tmp_path / "f.json").read_text())["image"]["all"]["count"] == 6
 
 
 def test_naming_steps_cannot_exceed_steps():

@@ -269,3 +269,16 @@ def mentioned_categories(caption: str) -> set[int]:
     """Category ids a caption names (any name, plural or synonym; longest phrase wins)."""
     return {_FORM_TO_ID[m.group(1).lower()] for m in _MENTION.finditer(caption)}
 
+
+def naming_caption(objects: Sequence[WorldObject], rng: random.Random) -> str:
+    """Every object named and nothing else, in random order: 'a disc and two stars'.
+
+    The teacher's warm-up captions: with colours, sizes and backgrounds left out, only the shapes
+    can tell a batch's captions apart, so contrastive training has to learn them.
+    """
+    by_category: dict[int, list[WorldObject]] = {}
+    for obj in objects:
+        by_category.setdefault(obj.category_id, []).append(obj)
+    phrases = [_Group(CATEGORY_BY_ID[cid], objs).phrase(rng, 0, detail=0.0) for cid, objs in by_category.items()]
+    rng.shuffle(phrases)
+    return _join(phrases, rng)

@@ -10,9 +10,9 @@ with ground-truth boxes (19.1):
   attention pool), against the same names; also by COCO size (small < 32², medium < 96² pixels of
   the 224-px image, large beyond).
 
-Images are resized to the size the checkpoint recommends, as `zeroshot` does. Predictions are over
-all 20 categories; a model that guesses gets 1/20 = 5 % on every split. Neither seed is one the
-teacher trains on (`teacher.TRAIN_WORLD_SEED` and the next).
+Images are resized to the size the checkpoint recommends (bilinear, as `zeroshot` does).
+Predictions are over all 20 categories; a model that guesses gets 1/20 = 5 % on every split.
+Neither seed is the one the teacher trains on (`teacher.TRAIN_WORLD_SEED`).
 """
 
 from __future__ import annotations
@@ -51,8 +51,10 @@ def _top1_table(correct: torch.Tensor, truth: torch.Tensor, areas: torch.Tensor 
 @torch.no_grad()
 def _predict(clip, items: list, boxes_of, class_features: torch.Tensor, batch_size: int) -> torch.Tensor:
     """Top-1 category (0-based) of every box, image by image, box by box."""
+    from PIL import Image
+
     from regionclip_cli.modeling.region_encoder import RegionEncoder
-    from regionclip_cli.synthetic.teacher import images_to_tensor, resize_square
+    from regionclip_cli.synthetic.teacher import images_to_tensor
 
     size = clip.input_min_size or clip.image_size
     encoder = RegionEncoder(clip.model.visual)
@@ -61,7 +63,8 @@ def _predict(clip, items: list, boxes_of, class_features: torch.Tensor, batch_si
     predictions = []
     for start in range(0, len(items), batch_size):
         chunk = items[start:start + batch_size]
-        batch = images_to_tensor([resize_square(it.image, size) for it in chunk], mean, std)
+        batch = images_to_tensor([it.image if it.image.size == (size, size) else
+                                  it.image.resize((size, size), Image.Resampling.BILINEAR) for it in chunk], mean, std)
         boxes = [boxes_of(it).to(clip.device) * (size / it.image.width) for it in chunk]
         features = torch.nn.functional.normalize(encoder(batch, boxes).float(), dim=-1)
         predictions.append((features @ class_features.T).argmax(1).cpu())
