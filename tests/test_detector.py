@@ -40,6 +40,17 @@ def test_predictor_is_cosine_over_temperature_with_a_zero_background_and_swaps_v
         predictor.set_vocabulary(torch.randn(4, 512))
 
 
+def test_predictor_stays_float32_under_autocast():
+    torch.manual_seed(0)
+    predictor = OpenVocabularyPredictor(torch.randn(3, 8), 8)
+    features = torch.randn(5, 8)
+    expected = predictor(features)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        found = predictor(features.bfloat16())
+    assert all(f.dtype == torch.float32 for f in found)
+    assert torch.allclose(found[0], expected[0], atol=2.0)  # only the bf16 input's rounding remains
+
+
 def test_focal_scaled_loss_matches_a_hand_computation():
     logits = torch.tensor([[2.0, 0.5, 0.0], [0.1, 1.0, 0.0], [1.5, -1.0, 0.0]], requires_grad=True)
     labels = torch.tensor([0, 2, 1])  # index 2 = background

@@ -75,6 +75,13 @@ def test_eval_keeps_sigmoid_scores_sorted_and_limited(tiny_clip):
         assert all(len(o["boxes"]) <= 20 for o in network(_images()))
 
 
+def test_proposals_are_float32_under_bf16_autocast(tiny_clip):
+    network = _network(tiny_clip).eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        outputs = network(_images())
+    assert all(o["boxes"].dtype == torch.float32 and o["scores"].dtype == torch.float32 for o in outputs)
+
+
 def test_anchors_are_not_rounded_as_detectron2(tiny_clip):
     network = _network(tiny_clip, RPNConfig(anchor_sizes=[32], aspect_ratios=[0.5]))
     cell = network.rpn.anchor_generator.cell_anchors[0]

@@ -187,9 +187,12 @@ class ProposalNetwork(nn.Module):
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.backbone_trainable):
             features = list(self.backbone(batch).values())
         objectness, deltas = self.rpn.head(features)
-        anchors = self.rpn.anchor_generator(ImageList(batch, sizes), features)
+        # Boxes in float32 whatever the autocast: anchors take the features' dtype, and a bf16
+        # coordinate near 1,000 px is off by up to 4 px.
+        anchors = self.rpn.anchor_generator(ImageList(batch, sizes), [f.float() for f in features])
         per_level = [o[0].numel() for o in objectness]  # [A, H, W] per image and level
         objectness, deltas = concat_box_prediction_layers(objectness, deltas)
+        objectness, deltas = objectness.float(), deltas.float()
         if self.training:
             if targets is None:
                 raise ValueError("ProposalNetwork in training mode needs targets (boxes per image)")

@@ -55,11 +55,16 @@ class OpenVocabularyPredictor(nn.Module):
         self.class_embeddings = self._checked(class_embeddings).to(device)
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """[N, D] region features → ([N, K + 1] logits, background last; [N, 4] box deltas)."""
-        features = features.float()
-        cosine = F.normalize(features, dim=-1) @ self.class_embeddings.t()
-        logits = torch.cat([cosine, cosine.new_zeros(cosine.shape[0], 1)], dim=1) / self.temperature
-        return logits, self.bbox_pred(features)
+        """[N, D] region features → ([N, K + 1] logits, background last; [N, 4] box deltas).
+
+        Always float32, outside any autocast: / 0.01 turns a bf16 cosine's rounding (~0.004)
+        into 0.4 of logit, and box deltas become pixel coordinates.
+        """
+        with torch.autocast(features.device.type, enabled=False):
+            features = features.float()
+            cosine = F.normalize(features, dim=-1) @ self.class_embeddings.t()
+            logits = torch.cat([cosine, cosine.new_zeros(cosine.shape[0], 1)], dim=1) / self.temperature
+            return logits, self.bbox_pred(features)
 
 
 def sample_regions(proposals: torch.Tensor, gt_boxes: torch.Tensor, gt_labels: torch.Tensor,
