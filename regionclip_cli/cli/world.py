@@ -145,7 +145,8 @@ def _print_evaluation(weights: Optional[Path], device, title: str, config=None, 
     table.add_column("")
     for name in columns:
         table.add_column(name, justify="right")
-    table.add_row("image", *(f"{image[k]['top1']:.1%}" if k in image else "" for k in columns))
+    table.add_row("image", *((f"{image[k]['top1']:.1%}" if image[k]["count"] else "-") if k in image else ""
+                             for k in columns))
     table.add_row("region", *(f"{region[k]['top1']:.1%}" if region[k]["count"] else "-" for k in columns))
     table.caption = (f"image: {image['all']['count']} single-shape images (seed {figures['config']['image_seed']}); "
                      f"region: {region['all']['count']} ground-truth boxes of default-world images (seed "

@@ -1,0 +1,108 @@
+"""RegionCLIP's claim on the synthetic world: region top-1 of the teacher vs pretrained students.
+
+Runs the pipeline as a user would, with the `regionclip` commands (each printed before it runs):
+
+    regionclip world generate WORK/world --images N --seed 11
+    regionclip concepts WORK/world/captions.jsonl --model world-tiny --min-count 20 --out WORK/world/concepts
+    regionclip pretrain world --set train.seed=S --set output=WORK/runs/seedS ...   (one per seed)
+    regionclip pretrain world --set losses.TERM=0 ...                                (one per ablation)
+    regionclip world evaluate-teacher [--weights WORK/runs/X/student.pt] --json WORK/eval/X.json
+
+then prints one table: image and region top-1 (all / base / novel / small / medium / large) of the
+teacher and of every run, the students' mean and min–max over seeds, and each ablation. Region
+top-1 is on ground-truth boxes of held-out default-world images (seed 0), image top-1 on held-out
+single-shape images (seed 7); the student's images (seed 11) are neither, nor the teacher's.
+Finished steps are skipped on a rerun (delete WORK/... to redo one).
+
+    python benchmarks/world_claim.py --work /tmp/claim --seeds 0 1 2 --ablate region_concept distillation image_text
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+COLUMNS = ("all", "base", "novel", "small", "medium", "large")
+
+
+def run(args: list[str], done: Path) -> float:
+    """Run one regionclip command unless `done` exists; return its wall seconds (0 if skipped)."""
+    if done.exists():
+        print(f"skip (done): regionclip {shlex.join(args)}", flush=True)
+        return 0.0
+    print(f"$ regionclip {shlex.join(args)}", flush=True)
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "regionclip_cli", *args], check=True)
+    return time.perf_counter() - start
+
+
+def evaluate(work: Path, name: str, weights: Path | None, images: int, region_images: int) -> dict:
+    out = work / "eval" / f"{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    args = ["world", "evaluate-teacher", "--images", str(images), "--region-images", str(region_images),
+            "--json", str(out), "--device", "cpu"]
+    run(args + (["--weights", str(weights)] if weights else []), out)
+    return json.loads(out.read_text())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work", type=Path, required=True)
+    parser.add_argument("--images", type=int, default=2000, help="student training images (world seed 11)")
+    parser.add_argument("--min-count", type=int, default=20, help="concepts seen fewer times are dropped")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--ablate", nargs="*", default=[], help="loss terms to drop, one run each (seed 0)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="extra recipe overrides")
+    parser.add_argument("--eval-images", type=int, default=400)
+    parser.add_argument("--eval-region-images", type=int, default=200)
+    args = parser.parse_args()
+    work = args.work
+    world = work / "world"
+    run(["world", "generate", str(world), "--images", str(args.images), "--seed", "11", "-q"],
+        world / "captions.jsonl")
+    run(["concepts", str(world / "captions.jsonl"), "--model", "world-tiny", "--min-count", str(args.min_count),
+         "--out", str(world / "concepts")], world / "concepts" / "concept_embeddings.pt")
+    base = [f"concepts={world / 'concepts' / 'concept_embeddings.pt'}", f"data.images={world / 'images'}",
+            f"data.captions={world / 'captions.jsonl'}", "device=cpu", *args.overrides]
+    runs = [(f"seed{s}", [f"train.seed={s}"]) for s in args.seeds]
+    runs += [(f"no-{term}", [f"losses.{term}=0", f"train.seed={args.seeds[0]}"]) for term in args.ablate]
+    seconds = {}
+    for name, extra in runs:
+        out = work / "runs" / name
+        sets = [a for kv in [*base, *extra, f"output={out}"] for a in ("--set", kv)]
+        seconds[name] = run(["pretrain", "world", *sets, "-q"], out / "student.pt")
+
+    figures = {"teacher": evaluate(work, "teacher", None, args.eval_images, args.eval_region_images)}
+    for name, _ in runs:
+        figures[name] = evaluate(work, name, work / "runs" / name / "student.pt", args.eval_images,
+                                 args.eval_region_images)
+
+    def cell(name: str, kind: str, column: str) -> float:
+        return 100 * figures[name][kind][column]["top1"]
+
+    print("\nzero-shot top-1 (%) on held-out worlds; chance 5.0 everywhere")
+    print("| model | image all | image novel | " + " | ".join(f"region {c}" for c in COLUMNS) + " | pretrain s |")
+    print("|---" * (4 + len(COLUMNS)) + "|")
+    for name in figures:
+        row = [cell(name, "image", "all"), cell(name, "image", "novel"), *(cell(name, "region", c) for c in COLUMNS)]
+        print(f"| {name} | " + " | ".join(f"{v:.1f}" for v in row) + f" | {seconds.get(name, 0):.0f} |")
+    students = [f"seed{s}" for s in args.seeds]
+    if len(students) > 1:
+        parts = []
+        for c in COLUMNS[:3]:
+            values = [cell(n, "region", c) for n in students]
+            teacher = cell("teacher", "region", c)
+            parts.append(f"region {c}: {statistics.mean(values):.1f} (min {min(values):.1f}, max {max(values):.1f}; "
+                         f"teacher {teacher:.1f}; x{statistics.mean(values) / max(teacher, 1e-9):.2f})")
+        print(f"\nstudents, mean over seeds {args.seeds}: " + "; ".join(parts))
+    (work / "claim.json").write_text(json.dumps({"figures": figures, "pretrain_seconds": seconds}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
