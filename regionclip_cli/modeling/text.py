@@ -79,17 +79,16 @@ def _cache_key(identity: str, names: Sequence[str], templates: Sequence[str]) ->
 @torch.inference_mode()
 def _encode(clip: LoadedClip, names: Sequence[str], templates: Sequence[str], batch_size: int,
             progress: bool) -> torch.Tensor:
-    from tqdm.auto import tqdm
+    from regionclip_cli.core.progress import progress_bar
 
     prompts = [template.format(name) for name in names for template in templates]
     features = []
-    bar = tqdm(total=len(prompts), desc="embedding prompts", unit="prompt", disable=not progress,
-               leave=False)
-    for start in range(0, len(prompts), batch_size):
-        tokens = clip.tokenizer(prompts[start:start + batch_size]).to(clip.device)
-        features.append(clip.model.encode_text(tokens).float().cpu())
-        bar.update(len(tokens))
-    bar.close()
+    with progress_bar(disable=not progress) as bar:
+        task = bar.add_task("embedding prompts", total=len(prompts), unit="prompt", status="")
+        for start in range(0, len(prompts), batch_size):
+            tokens = clip.tokenizer(prompts[start:start + batch_size]).to(clip.device)
+            features.append(clip.model.encode_text(tokens).float().cpu())
+            bar.advance(task, len(tokens))
     per_prompt = torch.cat(features).view(len(names), len(templates), -1)
     return torch.nn.functional.normalize(per_prompt.mean(dim=1), dim=-1)
 
