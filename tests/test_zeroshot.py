@@ -290,14 +290,14 @@ def test_importing_the_package_does_not_import_torch():
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
-README_EXAMPLE = '''
-from regionclip_cli import RegionEncoder, embed_names, ensemble_templates, load_clip
+def _readme_example() -> str:
+    """The README's "Python API" block that uses the building blocks, as written there."""
+    from pathlib import Path
 
-clip = load_clip("world-tiny", device="cpu")
-encoder = RegionEncoder(clip.model.visual).eval()
-embeddings = encoder(images, [boxes_per_image])  # boxes in input pixels, [N, D] in CLIP space
-classes = embed_names(clip, ["circle", "square"], ensemble_templates())
-'''
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Python API"):]
+    blocks = [block.split("```", 1)[0] for block in section.split("```python\n")[1:]]
+    return next(block for block in blocks if "RegionEncoder(" in block)
 
 
 def test_readme_python_api_example_runs(small_world, cache):
@@ -311,7 +311,7 @@ def test_readme_python_api_example_runs(small_world, cache):
     tensor, scale = ImageTransform(clip.mean, clip.std)(load_image(_images(small_world, 1)[0]))
     namespace = {"images": tensor[None], "boxes_per_image": torch.tensor([[0.0, 0.0, 100.0, 80.0]]) * scale}
     with torch.no_grad():
-        exec(README_EXAMPLE, namespace)
+        exec(_readme_example(), namespace)
     assert namespace["embeddings"].shape == (1, 128) and namespace["classes"].shape == (2, 128)
 
 
