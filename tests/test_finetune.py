@@ -158,6 +158,9 @@ def test_bad_input_is_one_line_with_exit_code_2(cli, small_world, rpn_file, tmp_
     assert "2 boxes with no area inside their image were skipped" in err
     assert "images without a box of the training classes were left out" in err
 
+    code, err = run("data.vocabulary=coco", "data.train_splits=[]")  # ids 1..20 in both, other names
+    assert code == 2 and "category id 1 is 'person' in the vocabulary but 'circle'" in err
+
     code, err = run("data.train_splits=[rare]")
     assert code == 2 and "has no split 'rare'" in err
 

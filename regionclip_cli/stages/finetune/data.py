@@ -117,7 +117,11 @@ def read_annotated_set(dataset: DatasetConfig, vocabulary: Vocabulary, *, where:
     """The images of `dataset` with their boxes of the vocabulary's (or `keep_categories`') classes."""
     from regionclip_cli.data.coco import read_coco
 
-    coco = read_coco(annotation_data(dataset.annotations, where), f"{where}.annotations {dataset.annotations}")
+    from regionclip_cli.evaluation import check_vocabulary
+
+    label = f"{where}.annotations {dataset.annotations}"
+    coco = read_coco(annotation_data(dataset.annotations, where), label)
+    check_vocabulary(vocabulary, coco.data, where=label)  # names at the same id, before any training
     file_categories = {int(c["id"]) for c in coco.categories}
     index_of = {cid: i for i, cid in enumerate(vocabulary.category_ids)}
     keep = set(keep_categories) if keep_categories is not None else set(vocabulary.category_ids)
