@@ -2,66 +2,35 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Optional
 
 import typer
 
-RECIPE_HELP = "Recipe YAML file, or a built-in recipe name: {names}."
-SET_HELP = "Override a recipe key, e.g. --set optimizer.lr=0.01 (repeatable)."
-
-
-def handle_recipe_options(command: str, recipe: Optional[str], config_class: type, *, overrides: list[str],
-                          show_recipe: Optional[str], list_keys: bool, resume: bool, resume_from: Optional[Path],
-                          overwrite: bool) -> tuple[Any, Callable[[str], str], str, bool | Path] | None:
-    """The recipe options `finetune` and `rpn` share: --show-recipe and --list-keys print and
-    return None; else (parsed recipe, key origin, recipe name, what to resume)."""
-    from regionclip_cli.core.errors import RegionclipError
-    from regionclip_cli.engine.recipe import builtin_recipes, find_recipe, key_origin, load_recipe, recipe_keys
-
-    if show_recipe is not None:
-        path = builtin_recipes().get(show_recipe.removesuffix(".yaml"))
-        if path is None:
-            raise RegionclipError(f"--show-recipe {show_recipe}: no built-in recipe of that name; "
-                                  f"built-in: {', '.join(builtin_recipes())}")
-        typer.echo(path.read_text(encoding="utf-8"), nl=False)
-        return None
-    if list_keys:
-        rows = recipe_keys(config_class)
-        width = max(len(key) for key, _, _ in rows)
-        for key, kind, default in rows:
-            typer.echo(f"{key:<{width}}  {kind}  [default: {default}]")
-        return None
-    if recipe is None:
-        raise RegionclipError(f"{command}: give a RECIPE (a YAML file or a built-in name), "
-                              "or --show-recipe NAME / --list-keys")
-    if resume and resume_from is not None:
-        raise RegionclipError("--resume and --resume-from: give one")
-    if overwrite and (resume or resume_from is not None):
-        raise RegionclipError("--overwrite starts over: it cannot be combined with --resume")
-    path, name = find_recipe(recipe)
-    parsed = load_recipe(config_class, path, overrides, origin_name=name)
-    return parsed, key_origin(name, overrides), name, resume_from if resume_from is not None else resume
-
+from regionclip_cli.cli.training import (
+    CheckOption,
+    ListKeysOption,
+    OverwriteOption,
+    QuietOption,
+    ResumeFromOption,
+    ResumeOption,
+    SetOption,
+    ShowRecipeOption,
+    exit_if_stopped,
+    handle_recipe_options,
+    log,
+    recipe_argument,
+)
 
 def finetune(
-    recipe: Annotated[Optional[str], typer.Argument(
-        help=RECIPE_HELP.format(names="finetune-world, finetune-coco-rn50, finetune-lvis-rn50"),
-        show_default=False)] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help=SET_HELP)] = None,
-    resume: Annotated[bool, typer.Option(
-        "--resume", help="Continue OUTPUT/checkpoints/last.pt exactly where it stopped.")] = False,
-    resume_from: Annotated[Optional[Path], typer.Option(
-        help="Continue from this training-state checkpoint.")] = None,
-    overwrite: Annotated[bool, typer.Option(
-        "--overwrite", help="Replace the files of a previous run in OUTPUT.")] = False,
-    check: Annotated[bool, typer.Option(
-        "--check", help="Only check the recipe, its files, annotations and OUTPUT, then exit.")] = False,
-    show_recipe: Annotated[Optional[str], typer.Option(
-        "--show-recipe", metavar="NAME", help="Print a built-in recipe's YAML (redirect it into a file).")] = None,
-    list_keys: Annotated[bool, typer.Option(
-        "--list-keys", help="List every recipe key with its type and default.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+    recipe: Annotated[Optional[str], recipe_argument("finetune-world, finetune-coco-rn50, finetune-lvis-rn50")] = None,
+    set_: SetOption = None,
+    resume: ResumeOption = False,
+    resume_from: ResumeFromOption = None,
+    overwrite: OverwriteOption = False,
+    check: CheckOption = False,
+    show_recipe: ShowRecipeOption = None,
+    list_keys: ListKeysOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Finetune an open-vocabulary detector (Faster R-CNN C4 with a CLIP box head) on base classes.
 
@@ -80,11 +49,7 @@ def finetune(
         return
     parsed, origin, name, continue_from = handled
 
-    from regionclip_cli.core.progress import stderr_console
     from regionclip_cli.stages.finetune import runner
-
-    def log(line: str) -> None:
-        stderr_console.print(line, highlight=False, markup=False)
 
     if check:
         checked = runner.check(parsed, resume=continue_from, overwrite=overwrite, origin=origin)
@@ -94,11 +59,7 @@ def finetune(
         raise typer.Exit(0)
     outcome = runner.run(parsed, resume=continue_from, overwrite=overwrite, progress=not quiet, log=log,
                          origin=origin)
-    fit = outcome.fit
-    if fit.stopped_by is not None:
-        log(f"stopped after iteration {fit.finished_iterations}; checkpoint saved to {fit.checkpoint}; "
-            "continue with --resume")
-        raise typer.Exit(130)
+    exit_if_stopped(outcome.fit)
     _render(outcome)
 
 

@@ -2,31 +2,36 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from regionclip_cli.cli.finetune import RECIPE_HELP, SET_HELP, handle_recipe_options
+from regionclip_cli.cli.training import (
+    CheckOption,
+    ListKeysOption,
+    OverwriteOption,
+    QuietOption,
+    ResumeFromOption,
+    ResumeOption,
+    SetOption,
+    ShowRecipeOption,
+    exit_if_stopped,
+    handle_recipe_options,
+    log,
+    recipe_argument,
+)
 
 
 def rpn(
-    recipe: Annotated[Optional[str], typer.Argument(
-        help=RECIPE_HELP.format(names="rpn-world, rpn-coco-rn50, rpn-lvis-rn50"), show_default=False)] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help=SET_HELP)] = None,
-    resume: Annotated[bool, typer.Option(
-        "--resume", help="Continue OUTPUT/checkpoints/last.pt exactly where it stopped.")] = False,
-    resume_from: Annotated[Optional[Path], typer.Option(
-        help="Continue from this training-state checkpoint.")] = None,
-    overwrite: Annotated[bool, typer.Option(
-        "--overwrite", help="Replace the files of a previous run in OUTPUT.")] = False,
-    check: Annotated[bool, typer.Option(
-        "--check", help="Only check the recipe, its files, annotations and OUTPUT, then exit.")] = False,
-    show_recipe: Annotated[Optional[str], typer.Option(
-        "--show-recipe", metavar="NAME", help="Print a built-in recipe's YAML (redirect it into a file).")] = None,
-    list_keys: Annotated[bool, typer.Option(
-        "--list-keys", help="List every recipe key with its type and default.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+    recipe: Annotated[Optional[str], recipe_argument("rpn-world, rpn-coco-rn50, rpn-lvis-rn50")] = None,
+    set_: SetOption = None,
+    resume: ResumeOption = False,
+    resume_from: ResumeFromOption = None,
+    overwrite: OverwriteOption = False,
+    check: CheckOption = False,
+    show_recipe: ShowRecipeOption = None,
+    list_keys: ListKeysOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Train a class-agnostic RPN on the base classes' boxes (labels ignored).
 
@@ -43,11 +48,7 @@ def rpn(
         return
     parsed, origin, name, continue_from = handled
 
-    from regionclip_cli.core.progress import stderr_console
     from regionclip_cli.stages.rpn import runner
-
-    def log(line: str) -> None:
-        stderr_console.print(line, highlight=False, markup=False)
 
     if check:
         checked = runner.check(parsed, resume=continue_from, overwrite=overwrite, origin=origin)
@@ -58,10 +59,7 @@ def rpn(
     outcome = runner.run(parsed, resume=continue_from, overwrite=overwrite, progress=not quiet, log=log,
                          origin=origin)
     fit = outcome.fit
-    if fit.stopped_by is not None:
-        log(f"stopped after iteration {fit.finished_iterations}; checkpoint saved to {fit.checkpoint}; "
-            "continue with --resume")
-        raise typer.Exit(130)
+    exit_if_stopped(fit)
     from rich.console import Console
     from rich.table import Table
 

@@ -1,0 +1,75 @@
+"""What the training commands (`pretrain`, `rpn`, `finetune`) share: their recipe options, declared
+once, and the steps around a run (built-in recipes, --list-keys, resume rules, the stop message)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional
+
+import typer
+
+SetOption = Annotated[Optional[list[str]], typer.Option(
+    "--set", help="Override a recipe key, e.g. --set optimizer.lr=0.01 (repeatable).")]
+ResumeOption = Annotated[bool, typer.Option(
+    "--resume", help="Continue OUTPUT/checkpoints/last.pt exactly where it stopped.")]
+ResumeFromOption = Annotated[Optional[Path], typer.Option(help="Continue from this training-state checkpoint.")]
+OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Replace the files of a previous run in OUTPUT.")]
+CheckOption = Annotated[bool, typer.Option(
+    "--check", help="Only check the recipe, its files and OUTPUT, then exit.")]
+ShowRecipeOption = Annotated[Optional[str], typer.Option(
+    "--show-recipe", metavar="NAME", help="Print a built-in recipe's YAML (redirect it into a file).")]
+ListKeysOption = Annotated[bool, typer.Option("--list-keys", help="List every recipe key with its type and default.")]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
+
+
+def recipe_argument(names: str):
+    """The RECIPE argument, listing the command's built-in recipes."""
+    return typer.Argument(help=f"Recipe YAML file, or a built-in recipe name: {names}.", metavar="RECIPE",
+                          show_default=False)
+
+
+def log(line: str) -> None:
+    from regionclip_cli.core.progress import stderr_console
+
+    stderr_console.print(line, highlight=False, markup=False)
+
+
+def handle_recipe_options(command: str, recipe: Optional[str], config_class: type, *, overrides: list[str],
+                          show_recipe: Optional[str], list_keys: bool, resume: bool, resume_from: Optional[Path],
+                          overwrite: bool) -> tuple[Any, Callable[[str], str], str, bool | Path] | None:
+    """--show-recipe and --list-keys print and return None; else (parsed recipe, key origin,
+    recipe name, what to resume: False, True for OUTPUT's last checkpoint, or a path)."""
+    from regionclip_cli.core.errors import RegionclipError
+    from regionclip_cli.engine.recipe import builtin_recipes, find_recipe, key_origin, load_recipe, recipe_keys
+
+    if show_recipe is not None:
+        path = builtin_recipes().get(show_recipe.removesuffix(".yaml"))
+        if path is None:
+            raise RegionclipError(f"--show-recipe {show_recipe}: no built-in recipe of that name; "
+                                  f"built-in: {', '.join(builtin_recipes())}")
+        typer.echo(path.read_text(encoding="utf-8"), nl=False)
+        return None
+    if list_keys:
+        rows = recipe_keys(config_class)
+        width = max(len(key) for key, _, _ in rows)
+        for key, kind, default in rows:
+            typer.echo(f"{key:<{width}}  {kind}  [default: {default}]")
+        return None
+    if recipe is None:
+        raise RegionclipError(f"{command}: give a RECIPE (a YAML file or a built-in name), "
+                              "or --show-recipe NAME / --list-keys")
+    if resume and resume_from is not None:
+        raise RegionclipError("--resume and --resume-from: give one")
+    if overwrite and (resume or resume_from is not None):
+        raise RegionclipError("--overwrite starts over: it cannot be combined with --resume")
+    path, name = find_recipe(recipe)
+    parsed = load_recipe(config_class, path, overrides, origin_name=name)
+    return parsed, key_origin(name, overrides), name, resume_from if resume_from is not None else resume
+
+
+def exit_if_stopped(fit) -> None:
+    """A run stopped by Ctrl-C/SIGTERM: say where its checkpoint is and exit 130."""
+    if fit.stopped_by is not None:
+        log(f"stopped after iteration {fit.finished_iterations}; checkpoint saved to {fit.checkpoint}; "
+            "continue with --resume")
+        raise typer.Exit(130)
