@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -92,6 +93,36 @@ def check_resume(saved: dict[str, Any], current: dict[str, Any], *, checkpoint: 
                               f"with: {listed}; an exact resume needs that recipe (drop the change, or "
                               "start a new run with another output or --overwrite)")
     return [f"resume: {key} {old!r} -> {new!r} ({origin(key)})" for key, old, new in changes]
+
+
+@dataclass
+class ResumePoint:
+    """Where a resumed run starts: its checkpoint, the saved training state, the applied changes."""
+
+    checkpoint: Path
+    state: dict[str, Any]
+    changes: list[str]
+
+
+def prepare_run(folder: RunFolder, current: dict[str, Any], *, resume: bool | Path, overwrite: bool,
+                resumable: Iterable[str], origin=lambda key: "the recipe") -> ResumePoint | None:
+    """The run-folder rules every training stage checks before any work: a fresh run refuses a used
+    folder unless `overwrite`; a resumed one (`resume` True for the folder's last checkpoint, or a
+    path) needs its checkpoint and the recipe it was started with (see `check_resume`)."""
+    if resume is False:
+        if not overwrite:
+            folder.refuse_if_used()
+        return None
+    from regionclip_cli.engine.checkpoints import load_state
+
+    checkpoint = folder.checkpoint if resume is True else Path(resume)
+    if not checkpoint.is_file():
+        instead = "start over with --overwrite" if folder.run_files() else "start without --resume"
+        raise RegionclipError(f"--resume: {checkpoint} does not exist (no checkpoint to continue from); {instead}")
+    state = load_state(checkpoint)
+    changes = check_resume(state["metadata"].get("recipe", {}), current, checkpoint=checkpoint,
+                           resumable=resumable, origin=origin)
+    return ResumePoint(checkpoint, state, changes)
 
 
 class MetricsLog:

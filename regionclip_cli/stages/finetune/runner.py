@@ -20,7 +20,7 @@ from regionclip_cli.data.vocab import Vocabulary
 from regionclip_cli.engine.config import RESUMABLE_CHANGES, OptimizerConfig, TrainConfig, schedule_warnings
 from regionclip_cli.engine.loop import FitOutcome
 from regionclip_cli.engine.recipe import to_plain
-from regionclip_cli.engine.runs import RunFolder, check_resume
+from regionclip_cli.engine.runs import RunFolder, prepare_run
 from regionclip_cli.stages.finetune.data import (AnnotatedSet, DetectionDataConfig, dataset_vocabulary,
                                                  held_out_input, read_annotated_set)
 from regionclip_cli.stages.finetune.recipe import FinetuneConfig, input_files
@@ -80,22 +80,10 @@ def check_training(recipe, artefact: str, *, data: PreparedData, resume: bool | 
         raise RegionclipError(f"{origin('train.batch_size')}: {train.batch_size} is not divisible by the "
                               f"{world_size} processes; use a multiple of {world_size}")
     result = CheckResult(data, schedule_warnings(train, optimizer))
-    folder = RunFolder(recipe.output, artefact)
-    if resume is False:
-        if not overwrite:
-            folder.refuse_if_used()
-        return result
-    from regionclip_cli.engine.checkpoints import load_state
-
-    checkpoint = folder.checkpoint if resume is True else Path(resume)
-    if not checkpoint.is_file():
-        raise RegionclipError(f"--resume: {checkpoint} does not exist (no run to continue there); "
-                              "start without --resume")
-    state = load_state(checkpoint)
-    result.resume_changes = check_resume(state["metadata"].get("recipe", {}), to_plain(recipe),
-                                         checkpoint=checkpoint, resumable=RESUMABLE_CHANGES + resumable,
-                                         origin=origin)
-    result.resume_state = state
+    point = prepare_run(RunFolder(recipe.output, artefact), to_plain(recipe), resume=resume, overwrite=overwrite,
+                        resumable=RESUMABLE_CHANGES + resumable, origin=origin)
+    if point is not None:
+        result.resume_changes, result.resume_state = point.changes, point.state
     return result
 
 

@@ -17,7 +17,7 @@ from regionclip_cli.core.errors import RegionclipError
 from regionclip_cli.engine.config import RESUMABLE_CHANGES, schedule_warnings
 from regionclip_cli.engine.loop import FitOutcome
 from regionclip_cli.engine.recipe import to_plain
-from regionclip_cli.engine.runs import RunFolder, check_resume
+from regionclip_cli.engine.runs import RunFolder, prepare_run
 from regionclip_cli.stages.pretrain.recipe import RESUMABLE_CHANGES as PRETRAIN_RESUMABLE
 from regionclip_cli.stages.pretrain.recipe import PretrainConfig, input_files
 from regionclip_cli.stages.pretrain.task import PretrainTask
@@ -97,22 +97,10 @@ def check(recipe: PretrainConfig, *, resume: bool | Path = False, overwrite: boo
         warnings.append(f"train.batch_size {train.batch_size} is not a multiple of losses.group_images {group}: "
                         f"the last loss group has {train.batch_size % group} image(s)")
     result = CheckResult(images, warnings)
-    folder = RunFolder(recipe.output, PretrainTask.artefact)
-    if resume is False:
-        if not overwrite:
-            folder.refuse_if_used()
-        return result
-    from regionclip_cli.engine.checkpoints import load_state
-
-    checkpoint = folder.checkpoint if resume is True else Path(resume)
-    if not checkpoint.is_file():
-        instead = "start over with --overwrite" if folder.run_files() else "start without --resume"
-        raise RegionclipError(f"--resume: {checkpoint} does not exist (no checkpoint to continue from); {instead}")
-    state = load_state(checkpoint)
-    saved = state["metadata"].get("recipe", {})
-    result.resume_changes = check_resume(saved, to_plain(recipe), checkpoint=checkpoint,
-                                         resumable=RESUMABLE_CHANGES + PRETRAIN_RESUMABLE, origin=origin)
-    result.checkpoint, result.resume_state = checkpoint, state
+    point = prepare_run(RunFolder(recipe.output, PretrainTask.artefact), to_plain(recipe), resume=resume,
+                        overwrite=overwrite, resumable=RESUMABLE_CHANGES + PRETRAIN_RESUMABLE, origin=origin)
+    if point is not None:
+        result.resume_changes, result.checkpoint, result.resume_state = point.changes, point.checkpoint, point.state
     return result
 
 
