@@ -36,7 +36,6 @@ def test_version():
 
 import re  # noqa: E402
 
-import click  # noqa: E402
 import pytest  # noqa: E402
 import typer  # noqa: E402
 

@@ -15,7 +15,7 @@ import argparse
 import json
 import math
 import sys
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
