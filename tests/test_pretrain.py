@@ -17,34 +17,26 @@ from regionclip_cli.engine.recipe import load_recipe
 from regionclip_cli.engine.task import Runtime, autocast_dtype_for
 from regionclip_cli.modeling.checkpoints import load_checkpoint
 from regionclip_cli.modeling.clip import load_clip
-from regionclip_cli.modeling.text import embed_names, save_text_embeddings
 from regionclip_cli.stages.pretrain import task as pretrain_task
 from regionclip_cli.stages.pretrain.recipe import PretrainConfig
 from regionclip_cli.stages.pretrain.task import PretrainTask
-from regionclip_cli.synthetic.categories import WORLD_CATEGORIES
-from regionclip_cli.synthetic.world import WorldConfig, generate_world
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("world")
-    generate_world(root, WorldConfig(num_images=8, seed=11), progress=False)
-    clip = load_clip("world-tiny")
-    names = [c.name for c in WORLD_CATEGORIES]
-    templates = ["a photo of a {}."]
-    embeddings = embed_names(clip, names, templates, cache_dir=root / "cache", progress=False)
-    save_text_embeddings(root / "concepts.pt", names, embeddings, clip, templates)
-    return root
+def world(small_world, world_concepts):
+    """The shared eight-image world with the concept pool beside it (recipes name both)."""
+    return small_world, world_concepts
 
 
-def write_recipe(world: Path, out: Path, **train) -> Path:
+def write_recipe(world: tuple[Path, Path], out: Path, **train) -> Path:
+    images, concepts = world
     recipe = {
         "teacher": {"model": "world-tiny"},
-        "concepts": str(world / "concepts.pt"),
-        "data": {"images": str(world / "images"), "captions": str(world / "captions.jsonl")},
+        "concepts": str(concepts),
+        "data": {"images": str(images / "images"), "captions": str(images / "captions.jsonl")},
         "proposals": {"regions_per_image": 6},
         "optimizer": {"lr": 0.01, "warmup_iterations": 2, "steps": [3]},
-        "train": {"iterations": 4, "batch_size": 4, "min_size": 224, "max_size": 224,
+        "train": {"iterations": 4, "batch_size": 2, "min_size": 224, "max_size": 224,
                   "log_every": 1, "checkpoint_every": 2, "loader_workers": 0, **train},
         "output": str(out),
         "device": "cpu",
@@ -63,6 +55,7 @@ def cpu_trainer(recipe: PretrainConfig) -> Trainer:
 
 
 def run_cli(*args, env=None):
+    """A fresh interpreter: only where the test needs a process of its own (signals, torchrun)."""
     return subprocess.run([sys.executable, "-m", "regionclip_cli", *args], capture_output=True,
                           text=True, env=env, timeout=600)
 
@@ -71,10 +64,17 @@ def metrics(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_pretrain_trains_and_exports_a_loadable_student(world, tmp_path):
-    out = tmp_path / "run"
-    result = run_cli("pretrain", str(write_recipe(world, out)), "--quiet")
-    assert result.returncode == 0, result.stderr
+@pytest.fixture(scope="module")
+def straight_run(world, regionclip, tmp_path_factory):
+    """One finished 4-iteration run of `write_recipe`'s recipe, read (never written) by the tests."""
+    out = tmp_path_factory.mktemp("pretrain") / "straight"
+    code, _, err = regionclip("pretrain", write_recipe(world, out), "--quiet")
+    assert code == 0, err
+    return out
+
+
+def test_pretrain_trains_and_exports_a_loadable_student(straight_run):
+    out = straight_run
     rows = metrics(out)
     assert [r["iteration"] for r in rows] == [1, 2, 3, 4]
     assert all(r["loss"] > 0 and r["region_concept"] >= 0 and r["distillation"] > -1e-6 for r in rows)
@@ -88,42 +88,42 @@ def test_pretrain_trains_and_exports_a_loadable_student(world, tmp_path):
     assert not any(k.startswith(("visual.conv1", "visual.layer1", "transformer")) for k in changed)
 
 
-def test_resume_continues_exactly(world, tmp_path):
-    straight = tmp_path / "straight"
-    assert run_cli("pretrain", str(write_recipe(world, straight)), "-q").returncode == 0
+def test_resume_continues_exactly(world, straight_run, regionclip, tmp_path):
     split = tmp_path / "split"
     recipe = write_recipe(world, split)
-    first = run_cli("pretrain", str(recipe), "-q", "--set", "train.iterations=2")
-    assert first.returncode == 0, first.stderr
-    second = run_cli("pretrain", str(recipe), "-q", "--resume")
-    assert second.returncode == 0, second.stderr
-    a, b = metrics(straight), metrics(split)
+    code, _, err = regionclip("pretrain", recipe, "-q", "--set", "train.iterations=2")
+    assert code == 0, err
+    code, _, err = regionclip("pretrain", recipe, "-q", "--resume")
+    assert code == 0, err
+    a, b = metrics(straight_run), metrics(split)
     assert [r["iteration"] for r in b] == [1, 2, 3, 4]
     for row_a, row_b in zip(a, b):
         for key in ("loss", "region_concept", "distillation", "image_text", "lr"):
             assert row_a[key] == pytest.approx(row_b[key], rel=1e-5, abs=1e-7), (row_a, row_b)
-    sa = load_checkpoint(straight / "student.pt").state_dict
+    sa = load_checkpoint(straight_run / "student.pt").state_dict
     sb = load_checkpoint(split / "student.pt").state_dict
     assert all(torch.allclose(sa[k].float(), sb[k].float(), atol=1e-6) for k in sa)
 
 
-def test_bad_recipe_keys_are_one_line_errors(world, tmp_path):
+def test_bad_recipe_keys_are_one_line_errors(world, tmp_path, cli):
     recipe = write_recipe(world, tmp_path / "bad")
-    result = run_cli("pretrain", str(recipe), "--set", "train.iteration=3")
-    assert result.returncode == 2 and "train.iteration: unknown key; did you mean 'iterations'" in result.stderr
-    result = run_cli("pretrain", str(recipe), "--set", "data.images=/nope")
-    assert result.returncode == 2 and "data.images: /nope does not exist" in result.stderr
-    assert "Traceback" not in result.stderr
+    code, _, err = cli("pretrain", recipe, "--set", "train.iteration=3")
+    assert code == 2 and "train.iteration: unknown key; did you mean 'iterations'" in err
+    code, _, err = cli("pretrain", recipe, "--set", "data.images=/nope")
+    assert code == 2 and "data.images: /nope does not exist" in err
+    assert "Traceback" not in err
 
 
-def test_two_process_ddp_matches_one_process(world, tmp_path):
-    # A threshold that leaves part of the regions out of the contrastive loss on each process.
+def test_two_process_ddp_matches_one_process(world, tmp_path, regionclip):
+    # A threshold that leaves part of the regions out of the contrastive loss on each process;
+    # batch 4 in groups of 3 makes the first loss group straddle the two processes.
     threshold = ["--set", "pseudo_labels.threshold=0.9"]
     single = tmp_path / "single"
-    assert run_cli("pretrain", str(write_recipe(world, single, iterations=2)), "-q", *threshold).returncode == 0
+    code, _, err = regionclip("pretrain", write_recipe(world, single, iterations=2, batch_size=4), "-q", *threshold)
+    assert code == 0, err
     assert all(0.1 < row["kept_regions"] < 0.9 for row in metrics(single))
     ddp = tmp_path / "ddp"
-    recipe = write_recipe(world, ddp, iterations=2)
+    recipe = write_recipe(world, ddp, iterations=2, batch_size=4)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
@@ -139,7 +139,7 @@ def test_two_process_ddp_matches_one_process(world, tmp_path):
     assert worst < 1e-4
 
 
-def test_sigterm_saves_a_checkpoint_that_resumes(world, tmp_path):
+def test_sigterm_saves_a_checkpoint_that_resumes(world, tmp_path, regionclip):
     import signal
     import time
 
@@ -157,8 +157,8 @@ def test_sigterm_saves_a_checkpoint_that_resumes(world, tmp_path):
     assert "continue with --resume" in err
     done = metrics(out)[-1]["iteration"]
     assert 1 <= done < 50
-    resumed = run_cli("pretrain", str(recipe), "-q", "--resume", "--set", f"train.iterations={done + 1}")
-    assert resumed.returncode == 0, resumed.stderr
+    code, _, err = regionclip("pretrain", recipe, "-q", "--resume", "--set", f"train.iterations={done + 1}")
+    assert code == 0, err
     assert [r["iteration"] for r in metrics(out)] == list(range(1, done + 2))
 
 
@@ -181,22 +181,23 @@ def test_folded_teacher_and_shared_layer1_change_nothing(world, tmp_path):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=name)
 
 
-def test_precomputed_pseudo_labels_train_like_labels_computed_on_the_fly(world, tmp_path):
+def test_precomputed_pseudo_labels_train_like_labels_computed_on_the_fly(world, tmp_path, cli):
     """`pretrain` reading a `pseudolabel` folder takes the same steps as labelling the same boxes itself."""
     labels = tmp_path / "labels"
-    boxes = world / "annotations.json"
-    result = run_cli("pseudolabel", str(world / "images"), "--concepts", str(world / "concepts.pt"),
-                     "--model", "world-tiny", "--boxes", str(boxes), "--regions", "6", "--min-size", "224",
-                     "--max-size", "224", "--out", str(labels), "--device", "cpu", "--pictures", "0", "-q")
-    assert result.returncode == 0, result.stderr
+    images, concepts = world
+    boxes = images / "annotations.json"
+    code, _, err = cli("pseudolabel", images / "images", "--concepts", concepts,
+                       "--model", "world-tiny", "--boxes", boxes, "--regions", "6", "--min-size", "224",
+                       "--max-size", "224", "--out", labels, "--device", "cpu", "--pictures", "0", "-q")
+    assert code == 0, err
     on_the_fly, precomputed = tmp_path / "fly", tmp_path / "pre"
     common = ["-q", "--set", "train.iterations=2", "--set", "train.hflip=false"]
-    result = run_cli("pretrain", str(write_recipe(world, on_the_fly)), *common,
-                     "--set", "proposals.source=file", "--set", f"proposals.file={boxes}")
-    assert result.returncode == 0, result.stderr
-    result = run_cli("pretrain", str(write_recipe(world, precomputed)), *common,
-                     "--set", f"pseudo_labels.precomputed={labels}")
-    assert result.returncode == 0, result.stderr
+    code, _, err = cli("pretrain", write_recipe(world, on_the_fly), *common,
+                       "--set", "proposals.source=file", "--set", f"proposals.file={boxes}")
+    assert code == 0, err
+    code, _, err = cli("pretrain", write_recipe(world, precomputed), *common,
+                       "--set", f"pseudo_labels.precomputed={labels}")
+    assert code == 0, err
     for a, b in zip(metrics(on_the_fly), metrics(precomputed), strict=True):
         for key in ("loss", "region_concept", "distillation", "image_text", "kept_regions", "top1_prob"):
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), (key, a, b)
@@ -206,7 +207,9 @@ def test_bf16_autocast_and_channels_last_step_close_to_fp32(world, tmp_path):
     """The mixed-precision path (bf16 autocast, channels_last) runs the same step as fp32, to bf16 precision."""
     runs = {}
     for name, overrides in {"fp32": ["train.amp=off"], "bf16": ["train.amp=bf16", "train.channels_last=true"]}.items():
-        recipe = load_recipe(PretrainConfig, write_recipe(world, tmp_path / name), overrides)
+        # Two regions an image: CPU bf16 convolutions are slow, and layer4 runs once per region.
+        recipe = load_recipe(PretrainConfig, write_recipe(world, tmp_path / name),
+                             [*overrides, "proposals.regions_per_image=2"])
         runs[name] = cpu_trainer(recipe)
     assert runs["bf16"].runtime.autocast_dtype == torch.bfloat16 and runs["fp32"].runtime.autocast_dtype is None
     for iteration in range(2):

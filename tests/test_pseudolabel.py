@@ -2,22 +2,8 @@
 
 import json
 
-import pytest
 
-from regionclip_cli.modeling.clip import load_clip
 from regionclip_cli.synthetic.categories import WORLD_CATEGORIES
-from regionclip_cli.modeling.text import embed_names, save_text_embeddings
-
-
-@pytest.fixture(scope="module")
-def concepts(tmp_path_factory):
-    path = tmp_path_factory.mktemp("pool") / "concepts.pt"
-    clip = load_clip("world-tiny")
-    names = [c.name for c in WORLD_CATEGORIES]
-    templates = ["a photo of a {}."]
-    save_text_embeddings(path, names, embed_names(clip, names, templates, cache_dir=path.parent, progress=False),
-                         clip, templates)
-    return path
 
 
 def records(out):
@@ -27,9 +13,9 @@ def records(out):
     return rows
 
 
-def test_sharded_labels_resume_without_duplicates_or_gaps(cli, small_world, concepts, tmp_path):
+def test_sharded_labels_resume_without_duplicates_or_gaps(cli, small_world, world_concepts, tmp_path):
     out = tmp_path / "labels"
-    args = ["pseudolabel", small_world / "images", "--concepts", concepts, "--model", "world-tiny",
+    args = ["pseudolabel", small_world / "images", "--concepts", world_concepts, "--model", "world-tiny",
             "--out", out, "--regions", "10", "--shard-size", "3", "--pictures", "2", "--device", "cpu", "-q"]
     code, stdout, err = cli(*args)
     assert code == 0, err
@@ -58,27 +44,27 @@ def test_sharded_labels_resume_without_duplicates_or_gaps(cli, small_world, conc
     assert code == 0 and all(len(r["regions"]) == 12 for r in records(out))
 
 
-def test_concepts_from_another_model_are_refused(cli, small_world, concepts, tmp_path):
-    code, _, err = cli("pseudolabel", small_world / "images", "--concepts", concepts, "--model", "RN50",
+def test_concepts_from_another_model_are_refused(cli, small_world, world_concepts, tmp_path):
+    code, _, err = cli("pseudolabel", small_world / "images", "--concepts", world_concepts, "--model", "RN50",
                        "--out", tmp_path / "x", "-q")
     assert code == 2 and "Traceback" not in err
 
 
-def test_teacher_comes_from_the_concept_file_when_not_given(cli, small_world, concepts, tmp_path):
+def test_teacher_comes_from_the_concept_file_when_not_given(cli, small_world, world_concepts, tmp_path):
     """The concept file records world-tiny; pseudolabel used to default to RN50 and fail."""
     out = tmp_path / "labels"
-    code, _, err = cli("pseudolabel", small_world / "images", "--concepts", concepts, "--out", out,
+    code, _, err = cli("pseudolabel", small_world / "images", "--concepts", world_concepts, "--out", out,
                        "--regions", "4", "--pictures", "1", "--device", "cpu", "-q")
     assert code == 0, err
     assert json.loads((out / "manifest.json").read_text())["settings"]["model_identity"].startswith("world-tiny@")
     assert "random proposals" in err
 
 
-def test_ctrl_c_says_what_was_written_and_the_rerun_finishes(cli, small_world, concepts, tmp_path, monkeypatch):
+def test_ctrl_c_says_what_was_written_and_the_rerun_finishes(cli, small_world, world_concepts, tmp_path, monkeypatch):
     from regionclip_cli.stages.pseudolabel import stage
 
     out = tmp_path / "labels"
-    args = ["pseudolabel", small_world / "images", "--concepts", concepts, "--out", out, "--regions", "3",
+    args = ["pseudolabel", small_world / "images", "--concepts", world_concepts, "--out", out, "--regions", "3",
             "--shard-size", "4", "--pictures", "0", "--device", "cpu", "-q"]
     real, calls = stage.label_records, []
 
