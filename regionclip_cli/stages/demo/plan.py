@@ -33,6 +33,7 @@ class DemoSize:
     iterations: int
     batch_size: int
     pictures: int
+    regions: int  # random regions per image, labelled by the teacher and trained on
 
     @property
     def schedule(self) -> tuple[str, ...]:
@@ -42,8 +43,9 @@ class DemoSize:
                 "--set", f"optimizer.steps={steps}")
 
 
-FULL = DemoSize(train_images=600, eval_images=100, min_count=10, iterations=150, batch_size=16, pictures=6)
-QUICK = DemoSize(train_images=16, eval_images=6, min_count=2, iterations=2, batch_size=6, pictures=2)
+FULL = DemoSize(train_images=600, eval_images=100, min_count=10, iterations=150, batch_size=16, pictures=6,
+                regions=100)
+QUICK = DemoSize(train_images=8, eval_images=4, min_count=2, iterations=2, batch_size=4, pictures=2, regions=10)
 TRAIN_SEED = 2
 EVAL_SEED = 0  # held out: the world-tiny teacher trained on other seeds, the student on TRAIN_SEED
 
@@ -87,13 +89,14 @@ def demo_steps(config: DemoConfig) -> list[Step]:
              concepts / "concept_embeddings.pt"),
         Step("Pseudo labels: the frozen teacher names random regions with its best concept",
              ("pseudolabel", str(world / "images"), "--concepts", str(concepts / "concept_embeddings.pt"),
-              "--model", "world-tiny", "--out", str(labels), "--quiet", *device),
+              "--model", "world-tiny", "--regions", str(size.regions), "--out", str(labels), "--quiet", *device),
              labels / "summary.json"),
         Step("Pretraining: a student learns regions from the pseudo labels and the captions",
              ("pretrain", "world",
               "--set", f"concepts={concepts / 'concept_embeddings.pt'}",
               "--set", f"data.images={world / 'images'}", "--set", f"data.captions={world / 'captions.jsonl'}",
               "--set", f"pseudo_labels.precomputed={labels}",
+              "--set", f"proposals.regions_per_image={size.regions}",
               "--set", f"train.iterations={size.iterations}", "--set", f"train.batch_size={size.batch_size}",
               *size.schedule, "--set", f"output={run}",
               "--set", f"device={config.device}", "--quiet"),
