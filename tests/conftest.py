@@ -4,11 +4,18 @@ into its own tmp_path first."""
 
 import contextlib
 import io
+import os
 import sys
 
-import pytest
+# One intra-op thread per process, set before torch is first imported (subprocesses inherit it).
+# The tests' models are tiny, so a second thread gains little, and where the two cores are shared
+# (another process, or the two DDP workers) two spinning OpenMP threads per process made steps
+# 5-40x slower. OMP_NUM_THREADS=2 python -m pytest overrides it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from regionclip_cli.cli.app import main
+import pytest  # noqa: E402
+
+from regionclip_cli.cli.app import main  # noqa: E402
 
 
 def _run_in_process(*args) -> tuple[int, str, str]:

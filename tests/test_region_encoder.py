@@ -28,19 +28,39 @@ def tiny_config(tmp_path_factory):
         "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
     }
     (folder / f"{TINY}.json").write_text(json.dumps(config))
-    models.register_model_configs()
+    for name, shrunk in _shrunk_configs().items():
+        (folder / f"{name}.json").write_text(json.dumps(shrunk))
     open_clip.add_model_config(folder)
 
 
+def _shrunk_configs() -> dict[str, dict]:
+    """Every region-capable open_clip config (RN50, RN101, RN50x4/x16/x64) at width 8: its depth,
+    input size (so its attention-pool grid, 7 to 14) and head layout kept, and a one-layer text
+    tower, so each runs through the region encoder in a second. Tiny ones (world-tiny) run as they are."""
+    shrunk = {}
+    for name in models.region_capable_models():
+        config = open_clip.get_model_config(name)
+        if name.endswith("-quickgelu") or config["vision_cfg"]["width"] <= 16:  # same tower / already tiny
+            continue
+        vision = {**config["vision_cfg"], "width": 8}
+        shrunk[f"shrunk-{name}"] = {
+            "embed_dim": 32, "vision_cfg": vision,
+            "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+    return shrunk
+
+
 def _tiny_models() -> list[str]:
-    models.register_model_configs()
-    return [TINY] + (["world-tiny"] if open_clip.get_model_config("world-tiny") else [])
+    tiny = [n for n in models.region_capable_models() if open_clip.get_model_config(n)["vision_cfg"]["width"] <= 16]
+    return [TINY, *tiny, *_shrunk_configs()]
 
 
 def _visual(name: str, seed: int = 0) -> torch.nn.Module:
     """An image tower whose batch norms do something (open_clip zero-inits every bn3 weight)."""
     torch.manual_seed(seed)
-    visual = open_clip.create_model(name).visual
+    return _active_norms(open_clip.create_model(name).visual)
+
+
+def _active_norms(visual: torch.nn.Module) -> torch.nn.Module:
     for module in visual.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
             module.weight.data.uniform_(0.5, 1.5)
@@ -69,9 +89,9 @@ def test_whole_image_box_equals_encode_image(name, device):
 
 
 def test_rn50_whole_image_box_equals_encode_image():
-    clip = models.load_clip("RN50", random_init=True)
-    visual = _visual("RN50")
-    clip.model.visual.load_state_dict(visual.state_dict())
+    torch.manual_seed(0)
+    clip = models.load_clip("RN50", random_init=True)  # one RN50 built: the text tower is most of its cost
+    _active_norms(clip.model.visual)
     image = _image(224, 224, 3)[None]
     with torch.no_grad():
         expected = clip.model.encode_image(image)
@@ -135,8 +155,9 @@ def test_dtype_and_device_follow_the_module(device):
     torch.testing.assert_close(got, expected, atol=1e-10, rtol=1e-10)
 
 
-def test_gradients_reach_the_trunk_when_training():
-    visual = _visual(TINY).train()
+@pytest.mark.parametrize("name", _tiny_models())
+def test_gradients_reach_the_trunk_when_training(name):
+    visual = _visual(name).train()
     for part in (visual.conv1, visual.bn1, visual.conv2, visual.bn2, visual.conv3, visual.bn3, visual.layer1):
         part.requires_grad_(False)  # the student freezes the stem and layer1 (FREEZE_AT 2)
     encoder = RegionEncoder(visual)
