@@ -31,6 +31,7 @@ class ModelScores:
     ap50: float
     ap50_base: float
     ap50_novel: float
+    correct: int  # ground-truth boxes whose best class is right
 
 
 @dataclass
@@ -86,6 +87,7 @@ def _scores(path: Path) -> tuple[ModelScores, float, int]:
             top1=_number(top1["all"]), top1_base=_number(top1.get("base")), top1_novel=_number(top1.get("novel")),
             ap50=_number(metrics["AP50"]), ap50_base=_number(metrics.get("AP50_base")),
             ap50_novel=_number(metrics.get("AP50_novel")),
+            correct=int(accuracy["counts"]["all"]["correct"]),
         )
         return scores, float(accuracy["chance"]), int(accuracy["counts"]["all"]["total"])
     except (OSError, ValueError, KeyError, TypeError) as error:
