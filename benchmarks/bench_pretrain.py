@@ -43,6 +43,7 @@ from PIL import Image, ImageDraw
 
 from regionclip_cli.stages.pretrain import batches as batches_module
 from regionclip_cli.stages.pretrain import task as task_module
+from regionclip_cli.modeling import batchnorm_folding
 from regionclip_cli.modeling import region_encoder as region_encoder_module
 from regionclip_cli.modeling.clip import load_clip
 from regionclip_cli.stages.pretrain.recipe import (DataConfig, PretrainConfig, PretrainTrainConfig, ProposalsConfig,
@@ -400,7 +401,7 @@ def count_flops(run: Trainer, iteration: int, device: torch.device) -> int:
 def unshortcut_run(recipe: PretrainConfig, device: torch.device) -> Trainer:
     """The same run without its exact shortcuts: the teacher keeps separate batch norm layers
     and the student recomputes the stem and layer1 (the step before those were added)."""
-    with mock.patch.object(task_module, "fold_batchnorm", lambda tower: 0):
+    with mock.patch.object(batchnorm_folding, "fold_batchnorm", lambda tower: 0):
         run = make_trainer(recipe, device)
     run.task.shares_layer1 = False
     return run

@@ -15,9 +15,9 @@ from regionclip_cli.engine.distributed import DistributedContext
 from regionclip_cli.engine.loop import Trainer
 from regionclip_cli.engine.recipe import load_recipe
 from regionclip_cli.engine.task import Runtime, autocast_dtype_for
+from regionclip_cli.modeling import batchnorm_folding
 from regionclip_cli.modeling.checkpoints import load_checkpoint
 from regionclip_cli.modeling.clip import load_clip
-from regionclip_cli.stages.pretrain import task as pretrain_task
 from regionclip_cli.stages.pretrain.recipe import PretrainConfig
 from regionclip_cli.stages.pretrain.task import PretrainTask
 
@@ -167,11 +167,13 @@ def test_folded_teacher_and_shared_layer1_change_nothing(world, tmp_path):
     taking the teacher's layer1 output) give the same losses and weights as the plain step."""
     recipe = load_recipe(PretrainConfig, write_recipe(world, tmp_path / "run"))
     fast = cpu_trainer(recipe)
-    with mock.patch.object(pretrain_task, "fold_batchnorm", lambda tower: 0):
+    with mock.patch.object(batchnorm_folding, "fold_batchnorm", lambda tower: 0):
         plain = cpu_trainer(recipe)
     plain.task.shares_layer1 = False
     assert fast.task.shares_layer1
-    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.task.teacher.model.visual.modules())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.task.teacher_encoder.visual.modules())
+    # folded on a copy: the loaded teacher keeps its batch norm layers
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.task.teacher.model.visual.modules())
     for iteration in range(2):
         got, expected = fast.step(iteration), plain.step(iteration)
         for term in ("region_concept", "distillation", "image_text", "top1_prob", "kept_regions"):

@@ -55,8 +55,6 @@ def load_student_weights(visual: torch.nn.Module, path: Path) -> None:
 def clip_state_template(teacher: LoadedClip) -> dict[str, torch.Tensor]:
     """What a whole-CLIP checkpoint takes from the teacher: its text side, and the image tower's
     `num_batches_tracked` counters that FrozenBatchNorm2d does not keep (so exports load strictly).
-
-    Taken before the teacher's batch norm is folded, which renames its image tower's keys.
     """
     return {k: v.detach().cpu().clone() for k, v in teacher.model.state_dict().items()
             if not k.startswith("visual.") or k.endswith("num_batches_tracked")}

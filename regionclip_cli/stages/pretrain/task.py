@@ -28,12 +28,11 @@ from regionclip_cli.data.pseudolabel_shards import PrecomputedLabels
 from regionclip_cli.engine.distributed import DistributedContext
 from regionclip_cli.engine.recipe import to_plain
 from regionclip_cli.engine.task import Runtime
-from regionclip_cli.modeling.batchnorm_folding import fold_batchnorm
 from regionclip_cli.modeling.checkpoints import Checkpoint, save_checkpoint
 from regionclip_cli.modeling.clip import LoadedClip
 from regionclip_cli.modeling.losses import (concept_distillation, group_mean, image_text_contrastive,
                                             region_concept_contrastive)
-from regionclip_cli.modeling.region_encoder import RegionEncoder
+from regionclip_cli.modeling.region_encoder import RegionEncoder, frozen_region_encoder
 from regionclip_cli.stages.pretrain.batches import Batch, BatchBuilder, RegionLabels
 from regionclip_cli.stages.pretrain.recipe import LossesConfig, PretrainConfig
 from regionclip_cli.stages.pretrain.student import (clip_state_template, freeze_batchnorm, freeze_stages,
@@ -150,11 +149,10 @@ class PretrainTask:
         # A student made from the teacher with its stem and layer1 frozen computes exactly the
         # teacher's layer1 features, so it takes them from the teacher's pass instead.
         self.shares_layer1 = recipe.student.weights is None and recipe.student.freeze_at >= 2
-        fold_batchnorm(teacher.model.visual.eval())
-        self.teacher_encoder = RegionEncoder(teacher.model.visual).eval()
+        self.teacher_encoder = frozen_region_encoder(teacher.model.visual)
         if recipe.train.channels_last:
             self.student_visual.to(memory_format=torch.channels_last)
-            teacher.model.visual.to(memory_format=torch.channels_last)
+            self.teacher_encoder.visual.to(memory_format=torch.channels_last)
         self.student_encoder = RegionEncoder(self.student_visual)
         self.student = runtime.distribute(self.student_encoder)
         positions = rank_slice(recipe.train.batch_size, runtime.dist.rank, runtime.dist.world_size)
