@@ -45,11 +45,11 @@ def build(args: argparse.Namespace, device: torch.device) -> OpenVocabularyDetec
     torch.manual_seed(0)
     clip = load_clip(args.model, random_init=True, device=device)
     rpn = build_proposal_network(RPNConfig(), clip_visual=clip.model.visual, mean=clip.mean, std=clip.std)
-    from regionclip_cli.modeling.batchnorm_folding import fold_batchnorm
+    from regionclip_cli.modeling.region_encoder import frozen_region_encoder
 
-    fold_batchnorm(clip.model.visual.eval())
+    tower = frozen_region_encoder(clip.model.visual).visual  # batch norm folded into a copy
     classes = torch.randn(args.classes, clip.embed_dim)
-    detector = OpenVocabularyDetector(freeze(rpn), clip.model.visual, classes,
+    detector = OpenVocabularyDetector(freeze(rpn), tower, classes,
                                       DetectorConfig(proposals=args.proposals), mean=clip.mean, std=clip.std)
     # A random RPN keeps few boxes after NMS 0.7; no NMS keeps the benchmark at `proposals` boxes.
     detector.proposal_network.set_test_limits(1.0, args.proposals)

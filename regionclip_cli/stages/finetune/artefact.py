@@ -45,8 +45,8 @@ def load_detector(path: str | os.PathLike, names: list[str], *, templates: str =
     whose text tower embeds the names (`set_vocabulary` swaps them for others later)."""
     import tempfile
 
-    from regionclip_cli.modeling.batchnorm_folding import fold_batchnorm
     from regionclip_cli.modeling.clip import load_clip
+    from regionclip_cli.modeling.region_encoder import frozen_region_encoder
     from regionclip_cli.modeling.rpn import RPN_KIND, load_proposal_network
 
     checkpoint = load_checkpoint(path)
@@ -63,13 +63,13 @@ def load_detector(path: str | os.PathLike, names: list[str], *, templates: str =
         save_checkpoint(rpn_file, Checkpoint(RPN_KIND, meta["rpn"]["model"], parts["rpn."], meta["rpn"]["metadata"]))
         clip = load_clip(checkpoint.model, weights=clip_file, device=device)
         rpn = load_proposal_network(rpn_file, device, option=f"{option} {path}: its RPN")
-    fold_batchnorm(clip.model.visual.eval())
+    tower = frozen_region_encoder(clip.model.visual).visual  # folded copy: `clip` stays as loaded
     config = build(DetectorConfig, meta.get("detector"), "detector", str(path))
     postprocess = build(PostprocessConfig, meta.get("test"), "test", str(path))
     from regionclip_cli.modeling.text import embed_names, resolve_templates
 
     embeddings = embed_names(clip, names, resolve_templates(templates), progress=False)
-    detector = OpenVocabularyDetector(rpn, clip.model.visual, embeddings, config, mean=clip.mean, std=clip.std,
+    detector = OpenVocabularyDetector(rpn, tower, embeddings, config, mean=clip.mean, std=clip.std,
                                       postprocess=postprocess)
     detector.predictor.bbox_pred.load_state_dict(parts["bbox_pred."])
     return detector.to(device).eval(), clip
