@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from regionclip_cli.core.errors import RegionclipError
+from regionclip_cli.data.coco import is_coco
 from regionclip_cli.data.images import find_images
 from regionclip_cli.data.proposals import FileNameIndex
 
@@ -41,7 +42,7 @@ def _read_caption_rows(path: Path) -> list[tuple[str, list[str]]]:
         data = json.loads(text)
     except json.JSONDecodeError:
         data = None
-    if isinstance(data, dict) and "images" in data and "annotations" in data:
+    if is_coco(data):  # no boxes, so not data.coco.read_coco: that checks detection annotations
         names = {int(img["id"]): str(img["file_name"]) for img in data["images"]}
         grouped: dict[int, list[str]] = {}
         for ann in data["annotations"]:
