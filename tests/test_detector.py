@@ -17,7 +17,7 @@ from regionclip_cli.modeling.detector.model import DetectorConfig, OpenVocabular
 from regionclip_cli.modeling.detector.postprocess import (PostprocessConfig, combine_scores,
                                                           gaussian_soft_nms, select_detections)
 from regionclip_cli.modeling.rpn import RPNConfig, build_proposal_network
-from regionclip_cli.stages.pretrain.student import freeze_batchnorm, freeze_stages
+from regionclip_cli.modeling.freezing import freeze_batchnorm, freeze_stages
 
 
 def test_predictor_is_cosine_over_temperature_with_a_zero_background_and_swaps_vocabulary():

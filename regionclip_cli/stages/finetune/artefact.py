@@ -26,7 +26,7 @@ DETECTOR_KIND = "detector"
 
 def save_detector(path: Path, detector: OpenVocabularyDetector, *, clip: LoadedClip,
                   clip_template: dict[str, torch.Tensor], rpn_file: Path, metadata: dict[str, Any]) -> None:
-    from regionclip_cli.stages.pretrain.student import student_state_as_clip
+    from regionclip_cli.modeling.freezing import student_state_as_clip
 
     rpn = load_checkpoint(rpn_file)
     state = {f"clip.{k}": v for k, v in student_state_as_clip(clip_template, detector.encoder.visual).items()}
