@@ -17,7 +17,7 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from regionclip_cli.core.atomic import atomic_path, write_json
 from regionclip_cli.core.errors import RegionclipError
@@ -123,6 +123,43 @@ def prepare_run(folder: RunFolder, current: dict[str, Any], *, resume: bool | Pa
     changes = check_resume(state["metadata"].get("recipe", {}), current, checkpoint=checkpoint,
                            resumable=resumable, origin=origin)
     return ResumePoint(checkpoint, state, changes)
+
+
+def fit(recipe, make_task: Callable, *, artefact: str, resume_state: dict[str, Any] | None, overwrite: bool,
+        progress: bool, log: Callable[[str], None], origin=lambda key: "the recipe",
+        after: Callable | None = None) -> tuple[Any, Any]:
+    """Train a task to `recipe.train.iterations` in OUTPUT: the start-up and tear-down every
+    training stage shares (device, process group, fresh or resumed folder, trainer).
+
+    `make_task(runtime)` builds the task once the device and processes exist; `resume_state` is
+    `prepare_run`'s saved state (None for a fresh run); `after(task, outcome)` runs on the main
+    process while the models are still loaded (e.g. a held-out evaluation) and its result is
+    returned with the engine's `FitOutcome`.
+    """
+    from regionclip_cli.core.devices import resolve_device
+    from regionclip_cli.engine.loop import Trainer
+    from regionclip_cli.engine.task import start_runtime
+    from regionclip_cli.engine.recipe import to_plain
+
+    runtime = start_runtime(resolve_device(recipe.device, option=origin("device")), recipe.train.amp)
+    try:
+        folder = RunFolder(recipe.output, artefact)
+        if resume_state is None and runtime.dist.is_main:
+            folder.prepare_fresh(overwrite=overwrite)
+        runtime.dist.barrier()
+        task = make_task(runtime)
+        trainer = Trainer(task, runtime, train=recipe.train, optimizer=recipe.optimizer)
+        if resume_state is not None:
+            trainer.restore(resume_state)
+        outcome = trainer.fit(folder, recipe=to_plain(recipe), resumed=resume_state is not None,
+                              progress=progress, log=log)
+        extra = None
+        if after is not None and runtime.dist.is_main:
+            extra = after(task, outcome)
+        runtime.dist.barrier()
+        return outcome, extra
+    finally:
+        runtime.close()
 
 
 class MetricsLog:

@@ -20,7 +20,7 @@ from regionclip_cli.data.vocab import Vocabulary
 from regionclip_cli.engine.config import RESUMABLE_CHANGES, OptimizerConfig, TrainConfig, schedule_warnings
 from regionclip_cli.engine.loop import FitOutcome
 from regionclip_cli.engine.recipe import to_plain
-from regionclip_cli.engine.runs import RunFolder, prepare_run
+from regionclip_cli.engine.runs import RunFolder, fit, prepare_run
 from regionclip_cli.stages.finetune.data import (AnnotatedSet, DetectionDataConfig, dataset_vocabulary,
                                                  held_out_input, read_annotated_set)
 from regionclip_cli.stages.finetune.recipe import FinetuneConfig, input_files
@@ -108,37 +108,17 @@ def check(recipe: FinetuneConfig, *, resume: bool | Path = False, overwrite: boo
                                      "data.test_max_size"), origin=origin)
 
 
-def fit_task(recipe, make_task: Callable, checked: CheckResult, *, artefact: str, resume: bool | Path,
-             overwrite: bool, progress: bool, log: Callable[[str], None], origin: Origin,
-             after: Callable | None = None) -> tuple[FitOutcome, Any]:
-    """Run a detection task on the engine; `after(task, outcome)` runs on the main process while
-    the models are still loaded (the held-out evaluation) and its result is returned too."""
-    from regionclip_cli.core.devices import resolve_device
-    from regionclip_cli.engine.loop import Trainer
-    from regionclip_cli.engine.task import start_runtime
-
+def fit_task(recipe, make_task: Callable, checked: CheckResult, *, artefact: str, overwrite: bool, progress: bool,
+             log: Callable[[str], None], origin: Origin, after: Callable | None = None) -> tuple[FitOutcome, Any]:
+    """Run a detection task on the engine; `after(task, outcome)` (the held-out evaluation) runs
+    only when the run finished, while the models are still loaded."""
     for line in checked.data.notes + [f"warning: {w}" for w in checked.warnings] + checked.resume_changes:
         log(line)
-    runtime = start_runtime(resolve_device(recipe.device, option=origin("device")), recipe.train.amp)
-    try:
-        folder = RunFolder(recipe.output, artefact)
-        if resume is False and runtime.dist.is_main:
-            folder.prepare_fresh(overwrite=overwrite)
-        runtime.dist.barrier()
-        task = make_task(runtime)
-        trainer = Trainer(task, runtime, train=recipe.train, optimizer=recipe.optimizer)
-        if checked.resume_state is not None:
-            trainer.restore(checked.resume_state)
-            checked.resume_state = None
-        outcome = trainer.fit(folder, recipe=to_plain(recipe), resumed=resume is not False,
-                              progress=progress, log=log)
-        extra = None
-        if after is not None and outcome.stopped_by is None and runtime.dist.is_main:
-            extra = after(task, outcome)
-        runtime.dist.barrier()
-        return outcome, extra
-    finally:
-        runtime.close()
+    state, checked.resume_state = checked.resume_state, None
+    finished = None if after is None else (
+        lambda task, outcome: after(task, outcome) if outcome.stopped_by is None else None)
+    return fit(recipe, make_task, artefact=artefact, resume_state=state, overwrite=overwrite, progress=progress,
+               log=log, origin=origin, after=finished)
 
 
 @dataclass
@@ -161,7 +141,7 @@ def run(recipe: FinetuneConfig, *, resume: bool | Path = False, overwrite: bool 
         return evaluate_held_out(task, recipe, checked.data.full_vocabulary, progress=progress, log=log)
 
     outcome, evaluated = fit_task(recipe, lambda runtime: FinetuneTask(recipe, runtime, checked.data.training, log),
-                                  checked, artefact=FinetuneTask.artefact, resume=resume, overwrite=overwrite,
+                                  checked, artefact=FinetuneTask.artefact, overwrite=overwrite,
                                   progress=progress, log=log, origin=origin, after=evaluate_after)
     if evaluated is None:
         return FinetuneOutcome(outcome)

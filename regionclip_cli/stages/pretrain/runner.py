@@ -17,7 +17,7 @@ from regionclip_cli.core.errors import RegionclipError
 from regionclip_cli.engine.config import RESUMABLE_CHANGES, schedule_warnings
 from regionclip_cli.engine.loop import FitOutcome
 from regionclip_cli.engine.recipe import to_plain
-from regionclip_cli.engine.runs import RunFolder, prepare_run
+from regionclip_cli.engine.runs import RunFolder, fit, prepare_run
 from regionclip_cli.stages.pretrain.recipe import RESUMABLE_CHANGES as PRETRAIN_RESUMABLE
 from regionclip_cli.stages.pretrain.recipe import PretrainConfig, input_files
 from regionclip_cli.stages.pretrain.task import PretrainTask
@@ -112,28 +112,15 @@ def run(recipe: PretrainConfig, *, resume: bool | Path = False, overwrite: bool 
     `overwrite` replaces a previous run's files in OUTPUT (without it such a folder is refused).
     Returns the outcome; `outcome.stopped_by` is set when SIGINT/SIGTERM ended the run early.
     """
-    from regionclip_cli.core.devices import resolve_device
-    from regionclip_cli.engine.loop import Trainer
-    from regionclip_cli.engine.task import start_runtime
-
     checked = check(recipe, resume=resume, overwrite=overwrite, origin=origin)
     for line in checked.warnings + checked.resume_changes:
         log(f"warning: {line}" if line in checked.warnings else line)
-    runtime = start_runtime(resolve_device(recipe.device, option=origin("device")), recipe.train.amp)
-    try:
-        folder = RunFolder(recipe.output, PretrainTask.artefact)
-        if resume is False and runtime.dist.is_main:
-            folder.prepare_fresh(overwrite=overwrite)
-        runtime.dist.barrier()
-        task = PretrainTask.from_recipe(recipe, runtime, log)
-        trainer = Trainer(task, runtime, train=recipe.train, optimizer=recipe.optimizer)
-        if checked.resume_state is not None:
-            trainer.restore(checked.resume_state)
-            checked.resume_state = None
-        outcome = trainer.fit(folder, recipe=to_plain(recipe), resumed=resume is not False,
-                              progress=progress, log=log)
+
+    def report_problems(task, outcome) -> None:
         for problem in task.problems:
             log(problem)
-        return outcome
-    finally:
-        runtime.close()
+
+    outcome, _ = fit(recipe, lambda runtime: PretrainTask.from_recipe(recipe, runtime, log),
+                     artefact=PretrainTask.artefact, resume_state=checked.resume_state, overwrite=overwrite,
+                     progress=progress, log=log, origin=origin, after=report_problems)
+    return outcome

@@ -91,6 +91,6 @@ def run(recipe: RPNTrainingConfig, *, resume: bool | Path = False, overwrite: bo
         return recall
 
     outcome, recall = fit_task(recipe, lambda runtime: RPNTask(recipe, runtime, checked.data.training), checked,
-                               artefact=RPNTask.artefact, resume=resume, overwrite=overwrite, progress=progress,
+                               artefact=RPNTask.artefact, overwrite=overwrite, progress=progress,
                                log=log, origin=origin, after=recall_after)
     return RPNOutcome(outcome, recall)
