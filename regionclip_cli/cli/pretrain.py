@@ -6,33 +6,20 @@ from typing import Annotated, Optional
 
 import typer
 
-from regionclip_cli.cli.training import (
-    CheckOption,
-    ListKeysOption,
-    OverwriteOption,
-    QuietOption,
-    ResumeFromOption,
-    ResumeOption,
-    SetOption,
-    ShowRecipeOption,
-    exit_if_stopped,
-    handle_recipe_options,
-    log,
-    recipe_argument,
-)
+from regionclip_cli.cli import training as options
 
 
 def pretrain(
-    recipe: Annotated[Optional[str], recipe_argument(
+    recipe: Annotated[Optional[str], options.recipe_argument(
         "world, coco-rn50, coco-rn50x4, cc3m-rn50, cc3m-rn50x4")] = None,
-    set_: SetOption = None,
-    resume: ResumeOption = False,
-    resume_from: ResumeFromOption = None,
-    overwrite: OverwriteOption = False,
-    check: CheckOption = False,
-    show_recipe: ShowRecipeOption = None,
-    list_keys: ListKeysOption = False,
-    quiet: QuietOption = False,
+    set_: options.SetOption = None,
+    resume: options.ResumeOption = False,
+    resume_from: options.ResumeFromOption = None,
+    overwrite: options.OverwriteOption = False,
+    check: options.CheckOption = False,
+    show_recipe: options.ShowRecipeOption = None,
+    list_keys: options.ListKeysOption = False,
+    quiet: options.QuietOption = False,
 ) -> None:
     """Pretrain a region-aware CLIP student with RegionCLIP's three losses.
 
@@ -44,7 +31,7 @@ def pretrain(
     """  # noqa: E501 (one line per paragraph: the help wraps it to the terminal)
     from regionclip_cli.stages.pretrain.recipe import PretrainConfig
 
-    handled = handle_recipe_options("pretrain", recipe, PretrainConfig, overrides=set_ or [],
+    handled = options.handle_recipe_options("pretrain", recipe, PretrainConfig, overrides=set_ or [],
                                     show_recipe=show_recipe, list_keys=list_keys, resume=resume,
                                     resume_from=resume_from, overwrite=overwrite)
     if handled is None:
@@ -56,14 +43,14 @@ def pretrain(
     if check:
         checked = stage.check(parsed, resume=continue_from, overwrite=overwrite, origin=origin)
         for line in checked.warnings:
-            log(f"warning: {line}")
+            options.log(f"warning: {line}")
         for line in checked.resume_changes:
-            log(line)
+            options.log(line)
         typer.echo(f"{name}: recipe, files and output OK ({checked.images} captioned images)")
         raise typer.Exit(0)
-    outcome = stage.run(parsed, resume=continue_from, overwrite=overwrite, progress=not quiet, log=log,
+    outcome = stage.run(parsed, resume=continue_from, overwrite=overwrite, progress=not quiet, log=options.log,
                         origin=origin)
-    exit_if_stopped(outcome)
+    options.exit_if_stopped(outcome)
     _render(outcome)
 
 

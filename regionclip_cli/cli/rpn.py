@@ -6,32 +6,19 @@ from typing import Annotated, Optional
 
 import typer
 
-from regionclip_cli.cli.training import (
-    CheckOption,
-    ListKeysOption,
-    OverwriteOption,
-    QuietOption,
-    ResumeFromOption,
-    ResumeOption,
-    SetOption,
-    ShowRecipeOption,
-    exit_if_stopped,
-    handle_recipe_options,
-    log,
-    recipe_argument,
-)
+from regionclip_cli.cli import training as options
 
 
 def rpn(
-    recipe: Annotated[Optional[str], recipe_argument("rpn-world, rpn-coco-rn50, rpn-lvis-rn50")] = None,
-    set_: SetOption = None,
-    resume: ResumeOption = False,
-    resume_from: ResumeFromOption = None,
-    overwrite: OverwriteOption = False,
-    check: CheckOption = False,
-    show_recipe: ShowRecipeOption = None,
-    list_keys: ListKeysOption = False,
-    quiet: QuietOption = False,
+    recipe: Annotated[Optional[str], options.recipe_argument("rpn-world, rpn-coco-rn50, rpn-lvis-rn50")] = None,
+    set_: options.SetOption = None,
+    resume: options.ResumeOption = False,
+    resume_from: options.ResumeFromOption = None,
+    overwrite: options.OverwriteOption = False,
+    check: options.CheckOption = False,
+    show_recipe: options.ShowRecipeOption = None,
+    list_keys: options.ListKeysOption = False,
+    quiet: options.QuietOption = False,
 ) -> None:
     """Train a class-agnostic RPN on the base classes' boxes (labels ignored).
 
@@ -41,7 +28,7 @@ def rpn(
     """  # noqa: E501 (one line per paragraph: the help wraps it to the terminal)
     from regionclip_cli.stages.rpn.recipe import RPNTrainingConfig
 
-    handled = handle_recipe_options("rpn", recipe, RPNTrainingConfig, overrides=set_ or [],
+    handled = options.handle_recipe_options("rpn", recipe, RPNTrainingConfig, overrides=set_ or [],
                                     show_recipe=show_recipe, list_keys=list_keys, resume=resume,
                                     resume_from=resume_from, overwrite=overwrite)
     if handled is None:
@@ -53,13 +40,13 @@ def rpn(
     if check:
         checked = runner.check(parsed, resume=continue_from, overwrite=overwrite, origin=origin)
         for line in checked.data.notes + [f"warning: {w}" for w in checked.warnings] + checked.resume_changes:
-            log(line)
+            options.log(line)
         typer.echo(f"{name}: recipe, files and output OK ({len(checked.data.training.images)} training images)")
         raise typer.Exit(0)
-    outcome = runner.run(parsed, resume=continue_from, overwrite=overwrite, progress=not quiet, log=log,
+    outcome = runner.run(parsed, resume=continue_from, overwrite=overwrite, progress=not quiet, log=options.log,
                          origin=origin)
     fit = outcome.fit
-    exit_if_stopped(fit)
+    options.exit_if_stopped(fit)
     from rich.console import Console
     from rich.table import Table
 
