@@ -29,9 +29,9 @@ def finetune(
     """  # noqa: E501 (one line per paragraph: the help wraps it to the terminal)
     from regionclip_cli.stages.finetune.recipe import FinetuneConfig
 
-    handled = options.handle_recipe_options("finetune", recipe, FinetuneConfig, overrides=set_ or [],
-                                    show_recipe=show_recipe, list_keys=list_keys, resume=resume,
-                                    resume_from=resume_from, overwrite=overwrite)
+    handled = options.handle_recipe_options(
+        "finetune", recipe, FinetuneConfig, overrides=set_ or [], show_recipe=show_recipe,
+        list_keys=list_keys, resume=resume, resume_from=resume_from, overwrite=overwrite)
     if handled is None:
         return
     parsed, origin, name, continue_from = handled

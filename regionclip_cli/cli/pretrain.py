@@ -31,9 +31,9 @@ def pretrain(
     """  # noqa: E501 (one line per paragraph: the help wraps it to the terminal)
     from regionclip_cli.stages.pretrain.recipe import PretrainConfig
 
-    handled = options.handle_recipe_options("pretrain", recipe, PretrainConfig, overrides=set_ or [],
-                                    show_recipe=show_recipe, list_keys=list_keys, resume=resume,
-                                    resume_from=resume_from, overwrite=overwrite)
+    handled = options.handle_recipe_options(
+        "pretrain", recipe, PretrainConfig, overrides=set_ or [], show_recipe=show_recipe,
+        list_keys=list_keys, resume=resume, resume_from=resume_from, overwrite=overwrite)
     if handled is None:
         return
     parsed, origin, name, continue_from = handled
