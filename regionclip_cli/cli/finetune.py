@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Annotated, Optional
 
-import typer
-
 from regionclip_cli.cli import training as options
 
 def finetune(
@@ -27,27 +25,15 @@ def finetune(
 
     Start from a built-in recipe: `regionclip finetune --show-recipe finetune-world > my.yaml`. Several processes: `torchrun --nproc_per_node N $(which regionclip) finetune RECIPE`. Ctrl-C saves a checkpoint before exiting.
     """  # noqa: E501 (one line per paragraph: the help wraps it to the terminal)
+    from regionclip_cli.stages.finetune import runner
     from regionclip_cli.stages.finetune.recipe import FinetuneConfig
 
-    handled = options.handle_recipe_options(
-        "finetune", recipe, FinetuneConfig, overrides=set_ or [], show_recipe=show_recipe,
-        list_keys=list_keys, resume=resume, resume_from=resume_from, overwrite=overwrite)
-    if handled is None:
-        return
-    parsed, origin, name, continue_from = handled
-
-    from regionclip_cli.stages.finetune import runner
-
-    if check:
-        checked = runner.check(parsed, resume=continue_from, overwrite=overwrite, origin=origin)
-        for line in checked.data.notes + [f"warning: {w}" for w in checked.warnings] + checked.resume_changes:
-            options.log(line)
-        typer.echo(f"{name}: recipe, files and output OK ({len(checked.data.training.images)} training images)")
-        raise typer.Exit(0)
-    outcome = runner.run(parsed, resume=continue_from, overwrite=overwrite, progress=not quiet, log=options.log,
-                         origin=origin)
-    options.exit_if_stopped(outcome.fit)
-    _render(outcome)
+    outcome = options.train(
+        "finetune", FinetuneConfig, runner, recipe=recipe, overrides=set_ or [], resume=resume,
+        resume_from=resume_from, overwrite=overwrite, check=check, show_recipe=show_recipe, list_keys=list_keys,
+        quiet=quiet, check_lines=options.detection_check_lines, check_summary=options.detection_check_summary)
+    if outcome is not None:
+        _render(outcome)
 
 
 def _render(outcome) -> None:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Annotated, Optional
 
-import typer
-
 from regionclip_cli.cli import training as options
 
 
@@ -29,29 +27,16 @@ def pretrain(
 
     Several processes: `torchrun --nproc_per_node N $(which regionclip) pretrain RECIPE` (DDP; the global batch train.batch_size is split over them). Ctrl-C saves a checkpoint before exiting.
     """  # noqa: E501 (one line per paragraph: the help wraps it to the terminal)
+    from regionclip_cli.stages import pretrain as stage
     from regionclip_cli.stages.pretrain.recipe import PretrainConfig
 
-    handled = options.handle_recipe_options(
-        "pretrain", recipe, PretrainConfig, overrides=set_ or [], show_recipe=show_recipe,
-        list_keys=list_keys, resume=resume, resume_from=resume_from, overwrite=overwrite)
-    if handled is None:
-        return
-    parsed, origin, name, continue_from = handled
-
-    from regionclip_cli.stages import pretrain as stage
-
-    if check:
-        checked = stage.check(parsed, resume=continue_from, overwrite=overwrite, origin=origin)
-        for line in checked.warnings:
-            options.log(f"warning: {line}")
-        for line in checked.resume_changes:
-            options.log(line)
-        typer.echo(f"{name}: recipe, files and output OK ({checked.images} captioned images)")
-        raise typer.Exit(0)
-    outcome = stage.run(parsed, resume=continue_from, overwrite=overwrite, progress=not quiet, log=options.log,
-                        origin=origin)
-    options.exit_if_stopped(outcome)
-    _render(outcome)
+    outcome = options.train(
+        "pretrain", PretrainConfig, stage, recipe=recipe, overrides=set_ or [], resume=resume,
+        resume_from=resume_from, overwrite=overwrite, check=check, show_recipe=show_recipe, list_keys=list_keys,
+        quiet=quiet, check_lines=lambda checked: [f"warning: {w}" for w in checked.warnings] + checked.resume_changes,
+        check_summary=lambda checked: f"{checked.images} captioned images", fit_of=lambda outcome: outcome)
+    if outcome is not None:
+        _render(outcome)
 
 
 def _render(outcome) -> None:

@@ -67,6 +67,39 @@ def handle_recipe_options(command: str, recipe: Optional[str], config_class: typ
     return parsed, key_origin(name, overrides), name, resume_from if resume_from is not None else resume
 
 
+def train(command: str, config_class: type, stage, *, recipe: Optional[str], overrides: list[str], resume: bool,
+          resume_from: Optional[Path], overwrite: bool, check: bool, show_recipe: Optional[str], list_keys: bool,
+          quiet: bool, check_lines: Callable[[Any], list[str]], check_summary: Callable[[Any], str],
+          fit_of: Callable[[Any], Any] = lambda outcome: outcome.fit) -> Any | None:
+    """A training command from its options to its outcome: print a recipe, list keys, check, or
+    run `stage.run` (exit 130 when stopped). Returns the outcome to render, or None."""
+    handled = handle_recipe_options(command, recipe, config_class, overrides=overrides, show_recipe=show_recipe,
+                                    list_keys=list_keys, resume=resume, resume_from=resume_from,
+                                    overwrite=overwrite)
+    if handled is None:
+        return None
+    parsed, origin, name, continue_from = handled
+    if check:
+        checked = stage.check(parsed, resume=continue_from, overwrite=overwrite, origin=origin)
+        for line in check_lines(checked):
+            log(line)
+        typer.echo(f"{name}: recipe, files and output OK ({check_summary(checked)})")
+        raise typer.Exit(0)
+    outcome = stage.run(parsed, resume=continue_from, overwrite=overwrite, progress=not quiet, log=log,
+                        origin=origin)
+    exit_if_stopped(fit_of(outcome))
+    return outcome
+
+
+def detection_check_lines(checked) -> list[str]:
+    """What `rpn --check` and `finetune --check` print: data notes, warnings, resume changes."""
+    return checked.data.notes + [f"warning: {w}" for w in checked.warnings] + checked.resume_changes
+
+
+def detection_check_summary(checked) -> str:
+    return f"{len(checked.data.training.images)} training images"
+
+
 def exit_if_stopped(fit) -> None:
     """A run stopped by Ctrl-C/SIGTERM: say where its checkpoint is and exit 130."""
     if fit.stopped_by is not None:
