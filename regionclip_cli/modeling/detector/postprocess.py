@@ -12,7 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torchvision.ops import batched_nms, box_iou
+from torchvision.ops import box_iou
+
+from regionclip_cli.modeling.scoring import DetectionConfig
+from regionclip_cli.modeling.scoring import select_detections as hard_nms_detections
 
 
 @dataclass(frozen=True)
@@ -78,13 +81,13 @@ def gaussian_soft_nms(boxes: torch.Tensor, scores: torch.Tensor, classes: torch.
 def select_detections(boxes: torch.Tensor, scores: torch.Tensor, config: PostprocessConfig
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Class-agnostic boxes [N, 4] and scores [N, K] → (boxes [M, 4], scores [M], classes [M])."""
+    if not config.soft_nms:  # the zero-shot path's selection: one implementation of hard NMS
+        chosen = hard_nms_detections(boxes, scores, DetectionConfig(
+            config.score_threshold, config.nms_threshold, config.max_detections))
+        return chosen.boxes, chosen.scores, chosen.classes
     box_index, class_index = (scores > config.score_threshold).nonzero(as_tuple=True)
-    chosen_scores = scores[box_index, class_index]
     chosen_boxes = boxes[box_index]
-    if config.soft_nms:
-        keep, chosen_scores = gaussian_soft_nms(chosen_boxes, chosen_scores, class_index,
-                                                sigma=config.soft_nms_sigma, prune=config.soft_nms_prune,
-                                                limit=config.max_detections)
-        return chosen_boxes[keep], chosen_scores, class_index[keep]
-    keep = batched_nms(chosen_boxes, chosen_scores, class_index, config.nms_threshold)[: config.max_detections]
-    return chosen_boxes[keep], chosen_scores[keep], class_index[keep]
+    keep, chosen_scores = gaussian_soft_nms(chosen_boxes, scores[box_index, class_index], class_index,
+                                            sigma=config.soft_nms_sigma, prune=config.soft_nms_prune,
+                                            limit=config.max_detections)
+    return chosen_boxes[keep], chosen_scores, class_index[keep]

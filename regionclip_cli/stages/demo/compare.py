@@ -7,7 +7,6 @@ the two halves is the image tower.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
@@ -15,6 +14,7 @@ from PIL import Image, ImageDraw, ImageFont
 from regionclip_cli.core.atomic import atomic_path
 from regionclip_cli.data.coco import read_coco
 from regionclip_cli.data.images import load_image
+from regionclip_cli.evaluation import read_detections
 from regionclip_cli.evaluation.region_accuracy import MATCH_IOU, box_iou
 
 RIGHT, WRONG = (40, 170, 60), (210, 40, 40)
@@ -22,13 +22,8 @@ HEADER = 26
 
 
 def _best_labels(path: Path) -> dict[str, dict]:
-    rows = {}
-    with open(path, encoding="utf-8") as lines:
-        for line in lines:
-            row = json.loads(line)
-            if "best" in row:
-                rows[row["file"]] = row["best"]
-    return rows
+    """Each image's region records (the best class of every ground-truth box), by file."""
+    return {record["file"]: record for record in read_detections(path).regions}
 
 
 def _panel(image: Image.Image, title: str, boxes, predicted, truth, names) -> Image.Image:
