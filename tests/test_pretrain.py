@@ -36,7 +36,7 @@ def write_recipe(world: tuple[Path, Path], out: Path, **train) -> Path:
         "data": {"images": str(images / "images"), "captions": str(images / "captions.jsonl")},
         "proposals": {"regions_per_image": 6},
         "optimizer": {"lr": 0.01, "warmup_iterations": 2, "steps": [3]},
-        "train": {"iterations": 4, "batch_size": 2, "min_size": 224, "max_size": 224,
+        "train": {"iterations": 4, "batch_size": 2, "min_size": 128, "max_size": 128,
                   "log_every": 1, "checkpoint_every": 2, "loader_workers": 0, **train},
         "output": str(out),
         "device": "cpu",
@@ -189,8 +189,8 @@ def test_precomputed_pseudo_labels_train_like_labels_computed_on_the_fly(world, 
     images, concepts = world
     boxes = images / "annotations.json"
     code, _, err = cli("pseudolabel", images / "images", "--concepts", concepts,
-                       "--model", "world-tiny", "--boxes", boxes, "--regions", "6", "--min-size", "224",
-                       "--max-size", "224", "--out", labels, "--device", "cpu", "--pictures", "0", "-q")
+                       "--model", "world-tiny", "--boxes", boxes, "--regions", "6", "--min-size", "128",
+                       "--max-size", "128", "--out", labels, "--device", "cpu", "--pictures", "0", "-q")
     assert code == 0, err
     on_the_fly, precomputed = tmp_path / "fly", tmp_path / "pre"
     common = ["-q", "--set", "train.iterations=2", "--set", "train.hflip=false"]

@@ -66,14 +66,17 @@ def generate(
 @app.command()
 def teacher(
     out: Annotated[Path, typer.Option(help="Checkpoint to write (never the one inside the package).")] = Path("world-tiny.pt"),
-    steps: Annotated[int, typer.Option(min=1, help="Training steps, both phases (each step sees a fresh batch of world images).")] = 3000,
-    naming_steps: Annotated[int, typer.Option(min=0, help="Phase 1 steps: max-pool head and captions that only name the shapes (the attention pool alone does not learn shapes on a CPU budget).")] = 2000,
-    batch_size: Annotated[int, typer.Option(min=2, help="Image–caption pairs per step (the contrastive batch).")] = 32,
-    lr: Annotated[float, typer.Option(min=0.0, help="Peak AdamW learning rate (warmup, then cosine decay, per phase).")] = 1e-3,
-    seed: Annotated[int, typer.Option(help="Initialisation and caption-sampling seed.")] = 0,
-    max_objects: Annotated[int, typer.Option(min=1, help="Most shapes per training image.")] = 2,
-    min_object_size: Annotated[float, typer.Option(help="Smallest shape in the training images, in pixels (the default world's is 14).")] = 40.0,
-    threads: Annotated[int, typer.Option(min=0, help="CPU threads (1 is fastest on a busy machine; 0 = torch's default).")] = 1,
+    tagging_steps: Annotated[int, typer.Option(min=0, help="Phase 1: single-shape images, a linear head and the shape their captions name.")] = 3000,
+    locked_steps: Annotated[int, typer.Option(min=0, help="Phase 2: the image tower frozen, the text tower learns to meet it (LiT).")] = 600,
+    clip_steps: Annotated[int, typer.Option(min=0, help="Phase 3: CLIP's image–caption loss on everything, at --clip-lr.")] = 600,
+    batch_size: Annotated[int, typer.Option(min=2, help="Images per step (the contrastive batch in phases 2 and 3).")] = 64,
+    lr: Annotated[float, typer.Option(min=0.0, help="Peak AdamW learning rate of phases 1 and 2 (warmup, then cosine decay).")] = 2e-3,
+    clip_lr: Annotated[float, typer.Option(min=0.0, help="Peak learning rate of phase 3.")] = 3e-4,
+    hard_negatives: Annotated[int, typer.Option(min=0, help="Shape-swapped captions per caption in phases 2 and 3.")] = 3,
+    seed: Annotated[int, typer.Option(help="Initialisation, batch-order and caption-sampling seed.")] = 0,
+    pool_images: Annotated[int, typer.Option(min=2, help="Training images rendered per kind (single shapes, scenes), reused over epochs; 40,000 take about 2 GB each.")] = 40_000,
+    min_object_size: Annotated[float, typer.Option(help="Smallest shape in the training images, in pixels of the 224-px world (the default world's is 14).")] = 32.0,
+    threads: Annotated[int, typer.Option(min=0, help="CPU threads (0 = torch's default).")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
@@ -81,7 +84,7 @@ def teacher(
     """Train the tiny CLIP teacher (open_clip config world-tiny) on world image–caption pairs,
     save it as a regionclip checkpoint and print its image and region top-1 on held-out worlds.
 
-    Example: regionclip world teacher --out runs/world-tiny.pt --steps 300 --naming-steps 200
+    Example: regionclip world teacher --out runs/world-tiny.pt --tagging-steps 300
     """
     from regionclip_cli.core.devices import resolve_device
     from regionclip_cli.core.errors import RegionclipError
@@ -95,8 +98,9 @@ def teacher(
     if out.is_dir():
         raise RegionclipError(f"--out {out} is a folder; name the checkpoint file to write")
     torch_device = resolve_device(device)
-    config = TeacherConfig(steps=steps, naming_steps=naming_steps, batch_size=batch_size, lr=lr, seed=seed,
-                           threads=threads, max_objects=max_objects, min_object_size=min_object_size)
+    config = TeacherConfig(tagging_steps=tagging_steps, locked_steps=locked_steps, clip_steps=clip_steps,
+                           batch_size=batch_size, lr=lr, clip_lr=clip_lr, hard_negatives=hard_negatives, seed=seed,
+                           pool_images=pool_images, min_object_size=min_object_size, threads=threads)
     config.check()
     seconds = train_and_save(out, config, torch_device, progress=not quiet)
     _print_evaluation(out, torch_device, f"teacher written to {out} ({seconds:.0f} s training)")
@@ -108,6 +112,7 @@ def evaluate_teacher(
     images: Annotated[int, typer.Option(min=1, help="Single-shape images for image top-1.")] = 400,
     region_images: Annotated[int, typer.Option(min=1, help="Default-world images (about 3.6 boxes each) for region top-1.")] = 200,
     image_seed: Annotated[int, typer.Option(help="World seed of the single-shape images.")] = 7,
+    image_min_object_size: Annotated[float, typer.Option(min=4.0, help="Smallest shape of the single-shape images, in pixels of the 224-px world (14 admits every size).")] = 40.0,
     region_seed: Annotated[int, typer.Option(help="World seed of the cluttered images.")] = 0,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the figures to this JSON file.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
@@ -122,7 +127,7 @@ def evaluate_teacher(
     from regionclip_cli.synthetic.evaluation import EvaluationConfig
 
     config = EvaluationConfig(image_count=images, region_images=region_images, image_seed=image_seed,
-                              region_seed=region_seed)
+                              region_seed=region_seed, image_min_object_size=image_min_object_size)
     _print_evaluation(weights, resolve_device(device), f"{weights or 'shipped world-tiny'}", config, json_out)
 
 
@@ -148,7 +153,8 @@ def _print_evaluation(weights: Optional[Path], device, title: str, config=None, 
     table.add_row("image", *((f"{image[k]['top1']:.1%}" if image[k]["count"] else "-") if k in image else ""
                              for k in columns))
     table.add_row("region", *(f"{region[k]['top1']:.1%}" if region[k]["count"] else "-" for k in columns))
-    table.caption = (f"image: {image['all']['count']} single-shape images (seed {figures['config']['image_seed']}); "
+    table.caption = (f"image: {image['all']['count']} single-shape images (seed {figures['config']['image_seed']}, "
+                     f"shapes of at least {figures['config']['image_min_object_size']:g} px); "
                      f"region: {region['all']['count']} ground-truth boxes of default-world images (seed "
                      f"{figures['config']['region_seed']}), {region['small']['count']} small, "
                      f"{region['medium']['count']} medium, {region['large']['count']} large")

@@ -282,3 +282,34 @@ def naming_caption(objects: Sequence[WorldObject], rng: random.Random) -> str:
     phrases = [_Group(CATEGORY_BY_ID[cid], objs).phrase(rng, 0, detail=0.0) for cid, objs in by_category.items()]
     rng.shuffle(phrases)
     return _join(phrases, rng)
+
+
+_SINGULAR_FORMS = {c.id: (c.name, *c.synonyms) for c in WORLD_CATEGORIES}
+_PLURAL_FORMS = {form for c in WORLD_CATEGORIES for form in c.surface_forms if form not in _SINGULAR_FORMS[c.id]}
+
+
+def swapped_caption(caption: str, rng: random.Random) -> str | None:
+    """The caption with one shape word replaced by a shape it does not name ("a red star" →
+    "a red hexagon"); None when it names no shape.
+
+    The teacher's hard negatives: colours, positions and backgrounds stay, so only the shape can
+    tell the caption from its swap, and contrastive training cannot match images by colour alone.
+    The replacement keeps the plural, and a preceding "a"/"an" is fixed to match it.
+    """
+    mentions = list(_MENTION.finditer(caption))
+    if not mentions:
+        return None
+    named = {_FORM_TO_ID[m.group(1).lower()] for m in mentions}
+    mention = rng.choice(mentions)
+    form = mention.group(1).lower()
+    other = rng.choice([c.id for c in WORLD_CATEGORIES if c.id not in named])
+    singular = _SINGULAR_FORMS[other]
+    new = rng.choice([pluralize(s) for s in singular] if form in _PLURAL_FORMS else singular)
+    before = caption[:mention.start()]
+    article = re.search(r"\b(an?) $", before, re.IGNORECASE)
+    if article:
+        fixed = _article(new)
+        if article.group(1)[0].isupper():
+            fixed = fixed.capitalize()
+        before = before[:article.start(1)] + fixed + " "
+    return before + new + caption[mention.end():]
