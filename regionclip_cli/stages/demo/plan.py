@@ -44,8 +44,8 @@ class DemoSize:
                 "--set", f"optimizer.steps={steps}")
 
 
-FULL = DemoSize(train_images=240, eval_images=60, min_count=10, iterations=40, batch_size=6, pictures=6,
-                regions=100)
+FULL = DemoSize(train_images=240, eval_images=60, min_count=10, iterations=80, batch_size=8, pictures=6,
+                regions=32)
 QUICK = DemoSize(train_images=8, eval_images=4, min_count=2, iterations=2, batch_size=4, pictures=2, regions=10)
 TRAIN_SEED = 2
 EVAL_SEED = 0  # held out: the world-tiny teacher trained on other seeds, the student on TRAIN_SEED
