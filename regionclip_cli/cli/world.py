@@ -4,10 +4,10 @@ The shipped teacher `regionclip_cli/assets/world-tiny.pt` is rebuilt exactly by
 
     regionclip world teacher --out world-tiny.pt && cp world-tiny.pt regionclip_cli/assets/
 
-(the defaults are its recipe, see `synthetic/teacher.py`: 3,000 steps of 32 fresh world images,
-2,000 of them a naming warm-up, lr 1e-3, seed 0, world seed 1000003, one thread; the checkpoint
-records these settings and its training time, 1,287 s on a shared 2-core CPU) and measured by
-`regionclip world evaluate-teacher`.
+(the defaults are its recipe, see `synthetic/teacher.py`: 3,000 tagging steps of 64 single-shape
+images, 600 locked-image text steps and 600 CLIP steps with 3 shape-swapped hard negatives per
+caption, seed 0, world seeds 1000003-1000004; the checkpoint records these settings and its
+training time, 2,444 s on a 2-core CPU) and measured by `regionclip world evaluate-teacher`.
 """
 
 from __future__ import annotations
