@@ -190,11 +190,14 @@ def test_precomputed_pseudo_labels_train_like_labels_computed_on_the_fly(world, 
     images, concepts = world
     boxes = images / "annotations.json"
     code, _, err = cli("pseudolabel", images / "images", "--concepts", concepts,
-                       "--model", "world-tiny", "--boxes", boxes, "--regions", "6", "--min-size", "224",
-                       "--max-size", "224", "--out", labels, "--device", "cpu", "--pictures", "0", "-q")
+                       "--model", "world-tiny", "--boxes", boxes, "--regions", "6", "--min-size", "128",
+                       "--max-size", "128", "--out", labels, "--device", "cpu", "--pictures", "0", "-q")
     assert code == 0, err
     on_the_fly, precomputed = tmp_path / "fly", tmp_path / "pre"
-    common = ["-q", "--set", "train.iterations=2", "--set", "train.hflip=false"]
+    # 128 px: the 224-px world images are resized, as world-tiny's input is, so both paths must
+    # resize alike (bicubic)
+    common = ["-q", "--set", "train.iterations=2", "--set", "train.hflip=false",
+              "--set", "train.min_size=128", "--set", "train.max_size=128"]
     code, _, err = cli("pretrain", write_recipe(world, on_the_fly), *common,
                        "--set", "proposals.source=file", "--set", f"proposals.file={boxes}")
     assert code == 0, err

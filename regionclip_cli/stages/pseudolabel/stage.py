@@ -8,7 +8,7 @@ overwrite (`data.pseudolabel_shards`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -120,7 +120,10 @@ def run(config: PseudoLabelConfig, reporter: Reporter | None = None) -> PseudoLa
         images=digest([str(p.resolve()) for p in paths]))
     shards = ShardedLabels(config.out, settings, paths, overwrite=config.overwrite)
     encoder = frozen_region_encoder(clip.model.visual)
-    transform = ImageTransform(clip.mean, clip.std, resize_for(clip, config.min_size, config.max_size))
+    # Pseudo labels stand in for the ones `pretrain` computes on the fly, so the images are
+    # resized as pretraining resizes them (bicubic, as the original's pretraining config).
+    transform = ImageTransform(clip.mean, clip.std, replace(
+        resize_for(clip, config.min_size, config.max_size), interpolation="bicubic"))
     concepts = torch.nn.functional.normalize(pool.embeddings.float(), dim=-1).to(clip.device)
 
     pending = shards.pending()
