@@ -84,6 +84,8 @@ def teacher(
     """Train the tiny CLIP teacher (open_clip config world-tiny) on world image–caption pairs,
     save it as a regionclip checkpoint and print its image and region top-1 on held-out worlds.
 
+    The defaults rebuild the shipped teacher (41 minutes on 2 CPU cores, one run).
+
     Example: regionclip world teacher --out runs/world-tiny.pt --tagging-steps 300
     """
     from regionclip_cli.core.devices import resolve_device
