@@ -2,9 +2,9 @@
 
 The demo exists to teach the pipeline, so each step is a command line — printed, then run through
 the same entry point as in a shell — and the file that step finishes with is what lets a rerun skip
-it. The full size finishes in about 2–3 minutes on 2 CPU cores (136 s measured once); with the
-shipped teacher (region top-1 about 21 %) the student gained about one standard error in that run
-(51 vs 45 of 204 boxes), and the demo's last line says how many boxes each got right.
+it. The full size finishes in about 2 minutes on 2 CPU cores (122 and 136 s measured); with the
+shipped teacher (region top-1 about 21 %) the student's gain is inside the noise (47 vs 45 of 204
+boxes in the last run), and the demo's last line says how many boxes each got right.
 """
 
 from __future__ import annotations
