@@ -6,6 +6,7 @@ from typing import Annotated, Optional
 
 from regionclip_cli.cli import training as options
 
+
 def finetune(
     recipe: Annotated[Optional[str], options.recipe_argument("finetune-world, finetune-coco-rn50, finetune-lvis-rn50")] = None,
     set_: options.SetOption = None,
@@ -38,16 +39,9 @@ def finetune(
 
 def _render(outcome) -> None:
     from rich.console import Console
-    from rich.table import Table
 
-    fit = outcome.fit
-    table = Table(title="finetune", show_header=False, title_justify="left")
-    table.add_row("iterations", str(fit.finished_iterations))
-    table.add_row("images/s", f"{fit.images_per_second:.2f}")
-    for key in ("loss", "loss_cls", "loss_box_reg"):
-        if key in fit.last_stats:
-            table.add_row(f"last {key}", f"{fit.last_stats[key]:.4f}")
-    table.add_row("detector", str(fit.artefact))
+    table = options.fit_table("finetune", outcome.fit, ("loss", "loss_cls", "loss_box_reg"))
+    table.add_row("detector", str(outcome.fit.artefact))
     if outcome.evaluation is not None:
         for key in ("AP50_novel", "AP50_base", "AP50", "AP", "APr", "APc", "APf"):
             value = outcome.evaluation.metrics.get(key)

@@ -41,14 +41,9 @@ def pretrain(
 
 def _render(outcome) -> None:
     from rich.console import Console
-    from rich.table import Table
 
-    table = Table(title="pretrain", show_header=False, title_justify="left")
-    table.add_row("iterations", str(outcome.finished_iterations))
-    table.add_row("images/s", f"{outcome.images_per_second:.2f}")
-    for key in ("loss", "region_concept", "distillation", "image_text", "top1_prob", "kept_regions"):
-        if key in outcome.last_stats:
-            table.add_row(f"last {key}", f"{outcome.last_stats[key]:.4f}")
+    table = options.fit_table("pretrain", outcome, ("loss", "region_concept", "distillation", "image_text",
+                                                    "top1_prob", "kept_regions"))
     table.add_row("student", str(outcome.artefact))
     table.add_row("checkpoint", str(outcome.checkpoint))
     Console().print(table)

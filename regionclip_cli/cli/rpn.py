@@ -24,9 +24,8 @@ def rpn(
 
     Writes OUTPUT/rpn.pt (for `finetune` recipes' `rpn:` and `zeroshot --proposals rpn --rpn`), OUTPUT/recall.json, OUTPUT/checkpoints/last.pt, OUTPUT/metrics.jsonl and OUTPUT/recipe.json.
     """  # noqa: E501 (one line per paragraph: the help wraps it to the terminal)
-    from regionclip_cli.stages.rpn.recipe import RPNTrainingConfig
-
     from regionclip_cli.stages.rpn import runner
+    from regionclip_cli.stages.rpn.recipe import RPNTrainingConfig
 
     outcome = options.train(
         "rpn", RPNTrainingConfig, runner, recipe=recipe, overrides=set_ or [], resume=resume,
@@ -37,18 +36,11 @@ def rpn(
 
 
 def _render(outcome) -> None:
-    fit = outcome.fit
     from rich.console import Console
-    from rich.table import Table
 
-    table = Table(title="rpn", show_header=False, title_justify="left")
-    table.add_row("iterations", str(fit.finished_iterations))
-    table.add_row("images/s", f"{fit.images_per_second:.2f}")
-    for key in ("loss_objectness", "loss_rpn_box_reg"):
-        if key in fit.last_stats:
-            table.add_row(f"last {key}", f"{fit.last_stats[key]:.4f}")
+    table = options.fit_table("rpn", outcome.fit, ("loss_objectness", "loss_rpn_box_reg"))
     for split, values in (outcome.recall or {}).items():
         table.add_row(f"recall {split}", "  ".join(
             f"AR@{k} {'–' if v != v else f'{v:.1f}'}" for k, v in values.items()))
-    table.add_row("rpn", str(fit.artefact))
+    table.add_row("rpn", str(outcome.fit.artefact))
     Console().print(table)

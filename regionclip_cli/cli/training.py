@@ -100,6 +100,19 @@ def detection_check_summary(checked) -> str:
     return f"{len(checked.data.training.images)} training images"
 
 
+def fit_table(title: str, fit, stat_keys: tuple[str, ...]):
+    """The head of a training command's result table: iterations, speed, the last logged losses."""
+    from rich.table import Table
+
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_row("iterations", str(fit.finished_iterations))
+    table.add_row("images/s", f"{fit.images_per_second:.2f}")
+    for key in stat_keys:
+        if key in fit.last_stats:
+            table.add_row(f"last {key}", f"{fit.last_stats[key]:.4f}")
+    return table
+
+
 def exit_if_stopped(fit) -> None:
     """A run stopped by Ctrl-C/SIGTERM: say where its checkpoint is and exit 130."""
     if fit.stopped_by is not None:

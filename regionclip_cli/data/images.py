@@ -156,8 +156,10 @@ def _high_depth_to_rgb(image: Image.Image) -> Image.Image:
 
 
 # Test-time resizing as detectron2 does by default (the original evaluates that way); RegionCLIP's
-# pretraining config asks for bicubic, so the pretraining stage passes "bicubic".
+# pretraining config asks for bicubic, so pretraining and the pseudo labels made for it use
+# PRETRAINING_INTERPOLATION.
 INTERPOLATIONS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+PRETRAINING_INTERPOLATION = "bicubic"
 
 
 @dataclass(frozen=True)

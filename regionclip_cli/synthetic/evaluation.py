@@ -14,7 +14,7 @@ with ground-truth boxes (19.1):
 
 Images are resized to the size the checkpoint recommends (bilinear, as `zeroshot` does).
 Predictions are over all 20 categories; a model that guesses gets 1/20 = 5 % on every split.
-Neither seed is the one the teacher trains on (`teacher.TRAIN_WORLD_SEED`).
+Neither seed is one the teacher trains on (`teacher.TRAIN_WORLD_SEED` and the next).
 """
 
 from __future__ import annotations

@@ -129,11 +129,15 @@ def _normaliser(model: torch.nn.Module, device: torch.device) -> tuple[torch.Ten
             torch.tensor(std, device=device).view(1, 3, 1, 1))
 
 
+def pixels_to_tensor(pixels: np.ndarray, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels [N, H, W, 3] (already at the model's size) → a normalised channels-last float batch."""
+    batch = torch.from_numpy(pixels).to(mean.device).permute(0, 3, 1, 2).float().div_(255)
+    return ((batch - mean) / std).contiguous(memory_format=torch.channels_last)
+
+
 def images_to_tensor(images: list, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """PIL images (already at the model's size) → a normalised channels-last float batch."""
-    pixels = torch.from_numpy(np.stack([np.asarray(im, dtype=np.uint8) for im in images]))
-    batch = pixels.to(mean.device).permute(0, 3, 1, 2).float().div_(255)
-    return ((batch - mean) / std).contiguous(memory_format=torch.channels_last)
+    return pixels_to_tensor(np.stack([np.asarray(im, dtype=np.uint8) for im in images]), mean, std)
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -233,11 +237,6 @@ class _TeacherTraining:
         self.order = np.random.default_rng(config.seed)
         self.pick = random.Random(f"teacher-captions:{config.seed}")
 
-    def _images(self, pool: ImagePool, index: np.ndarray) -> torch.Tensor:
-        pixels = torch.from_numpy(pool.pixels[index]).to(self.device)
-        batch = pixels.permute(0, 3, 1, 2).float().div_(255)
-        return ((batch - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
-
     def tagging(self, pool: ImagePool) -> None:
         """Phase 1: cross-entropy on the one shape each single-shape image's captions name."""
         config = self.config
@@ -250,7 +249,7 @@ class _TeacherTraining:
                              "weight_decay": config.weight_decay}], config.lr)
         for step, index in enumerate(pool.batches(config.tagging_steps, config.batch_size, self.order)):
             self._set_lr(optimizer, _schedule(step, config.tagging_steps, config.lr, config.warmup_steps))
-            logits = 10 * head(self.model.encode_image(self._images(pool, index), normalize=True))
+            logits = 10 * head(self.model.encode_image(pixels_to_tensor(pool.pixels[index], self.mean, self.std), normalize=True))
             loss = F.cross_entropy(logits, labels[torch.from_numpy(index).to(self.device)])
             self._step(optimizer, loss)
             self.report("tagging warm-up", loss.item())
@@ -273,14 +272,13 @@ class _TeacherTraining:
             negatives = [swap for c in captions for swap in
                          (swapped_caption(c, self.pick) for _ in range(config.hard_negatives)) if swap]
             with torch.set_grad_enabled(not locked):
-                images = model.encode_image(self._images(pool, index), normalize=True)
+                images = model.encode_image(pixels_to_tensor(pool.pixels[index], self.mean, self.std), normalize=True)
             text = model.encode_text(self.tokenizer(captions + negatives).to(self.device), normalize=True)
             loss = clip_loss(images, text[:len(captions)], model.logit_scale, text[len(captions):])
             self._step(optimizer, loss)
             with torch.no_grad():
                 model.logit_scale.clamp_(0, math.log(100))
             self.report("locked-image text" if locked else "CLIP", loss.item())
-        model.visual.requires_grad_(True)
 
     @staticmethod
     def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

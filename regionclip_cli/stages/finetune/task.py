@@ -21,11 +21,11 @@ from regionclip_cli.engine.recipe import to_plain
 from regionclip_cli.engine.task import Runtime
 from regionclip_cli.modeling.clip import LoadedClip, load_clip
 from regionclip_cli.modeling.detector.model import OpenVocabularyDetector
+from regionclip_cli.modeling.freezing import clip_state_template, freeze_batchnorm, freeze_stages
 from regionclip_cli.modeling.rpn import load_proposal_network
 from regionclip_cli.stages.finetune.artefact import save_detector
 from regionclip_cli.stages.finetune.data import AnnotatedSet, TrainingBatches
 from regionclip_cli.stages.finetune.recipe import FinetuneConfig
-from regionclip_cli.modeling.freezing import clip_state_template, freeze_batchnorm, freeze_stages
 
 
 def vocabulary_embeddings(clip: LoadedClip, vocabulary: Vocabulary, templates: str, *,

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import torch
 
 from regionclip_cli.data.captions import CaptionedImage, global_batch_indices, sample_generator
-from regionclip_cli.data.images import ResizeConfig, load_image, pad_batch, resize_for_model, to_model_tensor
+from regionclip_cli.data.images import (PRETRAINING_INTERPOLATION, ResizeConfig, load_image, pad_batch,
+                                        resize_for_model, to_model_tensor)
 from regionclip_cli.data.proposals import BoxFile, RandomBoxConfig, random_boxes, sanitize_boxes
 from regionclip_cli.data.pseudolabel_shards import PrecomputedLabels
 from regionclip_cli.stages.pretrain.recipe import ProposalsConfig, PretrainTrainConfig
@@ -57,7 +58,7 @@ class BatchBuilder:
         self.train = train
         self.proposals = proposals
         self.mean, self.std = mean, std
-        self.resize = ResizeConfig(train.min_size, train.max_size, interpolation="bicubic")
+        self.resize = ResizeConfig(train.min_size, train.max_size, interpolation=PRETRAINING_INTERPOLATION)
         self.box_file = BoxFile(proposals.file) if proposals.source == "file" else None
         self.precomputed = precomputed
         self.random_spec = RandomBoxConfig(count=proposals.regions_per_image, grid=proposals.grid,

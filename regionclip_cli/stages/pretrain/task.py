@@ -30,13 +30,13 @@ from regionclip_cli.engine.recipe import to_plain
 from regionclip_cli.engine.task import Runtime
 from regionclip_cli.modeling.checkpoints import Checkpoint, save_checkpoint
 from regionclip_cli.modeling.clip import LoadedClip
+from regionclip_cli.modeling.freezing import (clip_state_template, freeze_batchnorm, freeze_stages,
+                                              student_state_as_clip)
 from regionclip_cli.modeling.losses import (concept_distillation, group_mean, image_text_contrastive,
                                             region_concept_contrastive)
 from regionclip_cli.modeling.region_encoder import RegionEncoder, frozen_region_encoder
 from regionclip_cli.stages.pretrain.batches import Batch, BatchBuilder, RegionLabels
 from regionclip_cli.stages.pretrain.recipe import LossesConfig, PretrainConfig
-from regionclip_cli.modeling.freezing import (clip_state_template, freeze_batchnorm, freeze_stages,
-                                              student_state_as_clip)
 from regionclip_cli.stages.pretrain.student import load_student_weights
 from regionclip_cli.stages.pseudolabel.labeler import concept_logits
 

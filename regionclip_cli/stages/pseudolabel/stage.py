@@ -15,7 +15,7 @@ from typing import Sequence
 import torch
 
 from regionclip_cli.core.errors import RegionclipError
-from regionclip_cli.data.images import ImageTransform, find_images
+from regionclip_cli.data.images import PRETRAINING_INTERPOLATION, ImageTransform, find_images
 from regionclip_cli.data.proposals import ProposalConfig, ProposalSource, RandomBoxConfig
 from regionclip_cli.data.pseudolabel_shards import ShardConfig, ShardedLabels, digest
 from regionclip_cli.stages.pseudolabel.labeler import LabelRuleConfig, label_records
@@ -120,10 +120,9 @@ def run(config: PseudoLabelConfig, reporter: Reporter | None = None) -> PseudoLa
         images=digest([str(p.resolve()) for p in paths]))
     shards = ShardedLabels(config.out, settings, paths, overwrite=config.overwrite)
     encoder = frozen_region_encoder(clip.model.visual)
-    # Pseudo labels stand in for the ones `pretrain` computes on the fly, so the images are
-    # resized as pretraining resizes them (bicubic, as the original's pretraining config).
+    # Pseudo labels stand in for the ones `pretrain` computes on the fly: resized as it resizes.
     transform = ImageTransform(clip.mean, clip.std, replace(
-        resize_for(clip, config.min_size, config.max_size), interpolation="bicubic"))
+        resize_for(clip, config.min_size, config.max_size), interpolation=PRETRAINING_INTERPOLATION))
     concepts = torch.nn.functional.normalize(pool.embeddings.float(), dim=-1).to(clip.device)
 
     pending = shards.pending()
