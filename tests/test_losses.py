@@ -94,3 +94,18 @@ def test_losses_on_empty_batches_are_zero_and_differentiable():
     loss = loss + concept_distillation(regions, regions.detach(), concepts.float())
     loss.backward()
     assert loss.item() == 0.0
+
+
+def test_distillation_towards_candidates_is_the_kl_to_the_renormalised_teacher():
+    concepts = unit([1, 0], [0, 1], [1, 1])
+    student = unit([1, 0.3], [0.2, 1])
+    teacher = unit([0.1, 1], [1, 0.1])
+    everything = torch.ones(2, 3, dtype=torch.bool)
+    assert torch.allclose(concept_distillation(student, teacher, concepts, 0.5, teacher_candidates=everything),
+                          concept_distillation(student, teacher, concepts, 0.5))
+    named = torch.tensor([[True, False, True], [False, True, True]])
+    loss = concept_distillation(student, teacher, concepts, 0.5, reduction="none", teacher_candidates=named)
+    for i in range(2):
+        log_p = F.log_softmax(student[i] @ concepts.t() / 0.5, dim=0)
+        q = F.softmax((teacher[i] @ concepts.t() / 0.5)[named[i]], dim=0)
+        assert math.isclose(loss[i].item(), float((q * (q.log() - log_p[named[i]])).sum()), rel_tol=1e-9)

@@ -520,3 +520,45 @@ def test_kill_9_between_checkpoints_then_resume_gives_the_weights_of_an_uninterr
     assert longer.returncode == 0, longer.stderr
     assert "resume: train.iterations 6 -> 7 (--set train.iterations)" in longer.stderr
     assert [r["iteration"] for r in metrics(killed)][-1] == 7
+
+
+def test_caption_candidates_label_each_region_with_a_concept_its_captions_name(world, tmp_path):
+    """`pseudo_labels.candidates: captions`: every pseudo label is one of the concepts parsed
+    from the region's own image's captions, and the distillation target is restricted alike."""
+    from regionclip_cli.stages.concepts.parse import ConceptParser, ParseConfig
+    from regionclip_cli.stages.pretrain import task as task_module
+
+    recipe = load_recipe(PretrainConfig, write_recipe(world, tmp_path / "run"),
+                         overrides=["pseudo_labels.candidates=captions"])
+    trainer = cpu_trainer(recipe)
+    task = trainer.task
+    batch = task.batch(0)
+    parser = ConceptParser(ParseConfig())
+    seen = []
+    with mock.patch.object(task_module, "pretraining_losses", wraps=task_module.pretraining_losses) as losses:
+        trainer.step(0)
+    labels, candidates = losses.call_args.args[3], losses.call_args.args[-1]
+    counts = [len(r) for r in batch.regions]
+    for image, (named, item_labels) in enumerate(zip(batch.mentioned, labels.split(counts), strict=True)):
+        item = task.batches.items[batch_index(task, image)]
+        parsed = {c for caption in parser.parse(item.captions) for c in caption}
+        names = {task.concept_names[i] for i in named.tolist()}
+        assert names and names == parsed & set(task.concept_names)
+        assert {task.concept_names[i] for i in item_labels.tolist()} <= names
+        seen += item_labels.tolist()
+    assert candidates.shape == (sum(counts), len(task.concept_names))
+    assert candidates.sum(1).tolist() == [len(n) for n, c in zip(batch.mentioned, counts) for _ in range(c)]
+    assert len(set(seen)) > 1
+
+
+def batch_index(task: PretrainTask, position: int) -> int:
+    from regionclip_cli.data.captions import global_batch_indices
+
+    train = task.recipe.train
+    return global_batch_indices(len(task.batches.items), train.batch_size, 0, train.seed)[position]
+
+
+def test_caption_candidates_refuse_precomputed_labels(world, tmp_path, cli):
+    code, _, err = cli("pretrain", write_recipe(world, tmp_path / "run"), "--set", "pseudo_labels.candidates=captions",
+                       "--set", f"pseudo_labels.precomputed={tmp_path}")
+    assert code == 2 and "cannot be combined with pseudo_labels.precomputed" in err and "Traceback" not in err

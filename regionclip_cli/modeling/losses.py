@@ -65,21 +65,29 @@ def region_concept_contrastive(regions: torch.Tensor, concepts: torch.Tensor, la
 
 def concept_distillation(student_regions: torch.Tensor, teacher_regions: torch.Tensor,
                          concepts: torch.Tensor, temperature: float = PAPER_TEMPERATURE,
-                         reduction: str = "batchmean") -> torch.Tensor:
+                         reduction: str = "batchmean", teacher_candidates: torch.Tensor | None = None
+                         ) -> torch.Tensor:
     """Concept distillation L_dist = mean_i KL(q_i || p_i) over the whole concept pool.
 
         q_i = softmax_k(t_i . c_k / tau)  (teacher),   p_i = softmax_k(r_i . c_k / tau)  (student)
         KL(q || p) = sum_k q_k (log q_k - log p_k)
 
+    `teacher_candidates` [N, K] (bool) restricts q_i to the concepts the region may be labelled
+    with (q_k = 0 elsewhere), as caption-restricted pseudo labels are; p_i stays over the pool.
     `reduction="none"` gives each region's KL(q_i || p_i) [N].
     """
     if student_regions.shape[0] == 0:
         return student_regions.sum(dim=1) * 0.0 if reduction == "none" else student_regions.sum() * 0.0
     log_p = F.log_softmax(student_regions @ concepts.t() / temperature, dim=1)
-    log_q = F.log_softmax(teacher_regions @ concepts.t() / temperature, dim=1)
-    if reduction == "none":
-        return F.kl_div(log_p, log_q, log_target=True, reduction="none").sum(dim=1)
-    return F.kl_div(log_p, log_q, log_target=True, reduction="batchmean")
+    teacher_logits = teacher_regions @ concepts.t() / temperature
+    if teacher_candidates is not None:
+        teacher_logits = teacher_logits.masked_fill(~teacher_candidates, float("-inf"))
+    log_q = F.log_softmax(teacher_logits, dim=1)
+    if teacher_candidates is None:
+        per_region = F.kl_div(log_p, log_q, log_target=True, reduction="none").sum(dim=1)
+    else:  # 0 log 0 = 0 for the excluded concepts (kl_div would give 0 x -inf = nan)
+        per_region = (log_q.exp() * (log_q.masked_fill(~teacher_candidates, 0.0) - log_p)).sum(dim=1)
+    return per_region if reduction == "none" else per_region.sum() / student_regions.shape[0]
 
 
 def group_mean(values: torch.Tensor, mask: torch.Tensor, groups: torch.Tensor,

@@ -18,6 +18,7 @@ from regionclip_cli.data.images import (PRETRAINING_INTERPOLATION, ResizeConfig,
                                         resize_for_model, to_model_tensor)
 from regionclip_cli.data.proposals import BoxFile, RandomBoxConfig, random_boxes, sanitize_boxes
 from regionclip_cli.data.pseudolabel_shards import PrecomputedLabels
+from regionclip_cli.stages.pretrain.mentions import CaptionMentions
 from regionclip_cli.stages.pretrain.recipe import ProposalsConfig, PretrainTrainConfig
 
 
@@ -39,6 +40,7 @@ class Batch:
     whole: list[torch.Tensor]  # per image [1, 4] whole-image box, input pixels
     captions: list[str]
     labels: RegionLabels | None = None  # read from a `pseudolabel` folder, else computed on the fly
+    mentioned: list[torch.Tensor] | None = None  # per image, the pool concepts its captions name
 
 
 def _passed(row: dict, threshold: float) -> bool:
@@ -52,7 +54,8 @@ class BatchBuilder:
     """Builds the images at `positions` of the global batch (decoded in `loader_workers` threads)."""
 
     def __init__(self, items: list[CaptionedImage], positions: range, *, train: PretrainTrainConfig,
-                 proposals: ProposalsConfig, mean, std, precomputed: PrecomputedLabels | None = None):
+                 proposals: ProposalsConfig, mean, std, precomputed: PrecomputedLabels | None = None,
+                 mentions: CaptionMentions | None = None):
         self.items = items
         self.positions = positions
         self.train = train
@@ -61,6 +64,7 @@ class BatchBuilder:
         self.resize = ResizeConfig(train.min_size, train.max_size, interpolation=PRETRAINING_INTERPOLATION)
         self.box_file = BoxFile(proposals.file) if proposals.source == "file" else None
         self.precomputed = precomputed
+        self.mentions = mentions
         self.random_spec = RandomBoxConfig(count=proposals.regions_per_image, grid=proposals.grid,
                                            min_size=proposals.min_size, seed=train.seed)
         self.problems: list[str] = []
@@ -125,4 +129,5 @@ class BatchBuilder:
         joined = None
         if labels:
             joined = RegionLabels(*(torch.cat([getattr(x, f) for x in labels]) for f in ("labels", "scores", "passed")))
-        return Batch(list(self.positions), pad_batch(tensors), regions, whole, captions, joined)
+        mentioned = None if self.mentions is None else self.mentions.for_images([index for *_, index in jobs])
+        return Batch(list(self.positions), pad_batch(tensors), regions, whole, captions, joined, mentioned)

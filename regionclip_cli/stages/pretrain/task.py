@@ -2,8 +2,9 @@
 
 Per iteration, for this process's images of the global batch (`batches.py`):
 1. regions: random boxes, boxes from a file or a `pseudolabel` folder, plus one whole-image box;
-2. the frozen teacher encodes the regions; its best concept per region is the pseudo label, kept
-   if confident (else, where no region of a loss group passes, the whole group is kept);
+2. the frozen teacher encodes the regions; its best concept per region (of the pool, or of the
+   concepts the image's captions name: `pseudo_labels.candidates`) is the pseudo label, kept if
+   confident (else, where no region of a loss group passes, the whole group is kept);
 3. the student encodes the same regions and the whole images in one pass;
 4. losses (`pretraining_losses`): region-concept contrast within each loss group, concept
    distillation on the kept regions (or all), image-text contrast gathered over processes.
@@ -36,6 +37,7 @@ from regionclip_cli.modeling.losses import (concept_distillation, group_mean, im
                                             region_concept_contrastive)
 from regionclip_cli.modeling.region_encoder import RegionEncoder, frozen_region_encoder
 from regionclip_cli.stages.pretrain.batches import Batch, BatchBuilder, RegionLabels
+from regionclip_cli.stages.pretrain.mentions import CaptionMentions, candidate_mask
 from regionclip_cli.stages.pretrain.recipe import LossesConfig, PretrainConfig
 from regionclip_cli.stages.pretrain.student import load_student_weights
 from regionclip_cli.stages.pseudolabel.labeler import concept_logits
@@ -94,12 +96,14 @@ def gather_candidates(labels: torch.Tensor, keep: torch.Tensor, groups: LossGrou
 def pretraining_losses(student_regions: torch.Tensor, teacher_regions: torch.Tensor, concepts: torch.Tensor,
                        labels: torch.Tensor, keep: torch.Tensor, groups: LossGroups, config: LossesConfig,
                        dist: DistributedContext, student_whole: torch.Tensor | None = None,
-                       captions: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                       captions: torch.Tensor | None = None, candidates_mask: torch.Tensor | None = None
+                       ) -> dict[str, torch.Tensor]:
     """This process's share of each loss term (weights not applied), for the terms with weight > 0.
 
     Region terms are means of per-group means (`group_mean`): region-concept over the kept
     regions, each against the kept labels of its own group; distillation over the kept regions
-    (`distillation_regions: kept`) or all. Image-text is CLIP's InfoNCE over the global batch.
+    (`distillation_regions: kept`) or all, towards the teacher's distribution over each region's
+    `candidates_mask` (all concepts when None). Image-text is CLIP's InfoNCE over the global batch.
     """
     tau, world = config.temperature, dist.world_size
     terms: dict[str, torch.Tensor] = {}
@@ -111,7 +115,8 @@ def pretraining_losses(student_regions: torch.Tensor, teacher_regions: torch.Ten
         terms["region_concept"] = world * group_mean(per_region, keep, groups.region_group, groups.count(keep, dist))
     if config.distillation > 0:
         mask = keep if config.distillation_regions == "kept" else torch.ones_like(keep)
-        per_region = concept_distillation(student_regions, teacher_regions, concepts, tau, reduction="none")
+        per_region = concept_distillation(student_regions, teacher_regions, concepts, tau, reduction="none",
+                                          teacher_candidates=candidates_mask)
         terms["distillation"] = world * group_mean(per_region, mask, groups.region_group, groups.count(mask, dist))
     if config.image_text > 0 and student_whole is not None:
         local = image_text_contrastive(student_whole, captions, tau)
@@ -158,7 +163,9 @@ class PretrainTask:
         self.student = runtime.distribute(self.student_encoder)
         positions = rank_slice(recipe.train.batch_size, runtime.dist.rank, runtime.dist.world_size)
         self.batches = BatchBuilder(items, positions, train=recipe.train, proposals=recipe.proposals,
-                                    mean=teacher.mean, std=teacher.std, precomputed=precomputed)
+                                    mean=teacher.mean, std=teacher.std, precomputed=precomputed,
+                                    mentions=CaptionMentions(items, concept_names)
+                                    if recipe.pseudo_labels.candidates == "captions" else None)
 
     @classmethod
     def from_recipe(cls, recipe: PretrainConfig, runtime: Runtime, log: Callable[[str], None]) -> PretrainTask:
@@ -211,8 +218,13 @@ class PretrainTask:
             teacher_features = self.teacher_encoder.trunk(images, layer1)
             teacher_regions = F.normalize(self.teacher_encoder.pool(teacher_features, regions).float(), dim=-1)
         labels = batch.labels
+        candidates = None if batch.mentioned is None else \
+            candidate_mask(batch.mentioned, counts, len(self.concept_names), device)
         if labels is None:
-            scores, top1 = concept_logits(teacher_regions, self.concepts, recipe.losses.temperature).softmax(dim=1).max(dim=1)
+            logits = concept_logits(teacher_regions, self.concepts, recipe.losses.temperature)
+            if candidates is not None:
+                logits = logits.masked_fill(~candidates, float("-inf"))
+            scores, top1 = logits.softmax(dim=1).max(dim=1)
             labels = RegionLabels(top1, scores, scores > recipe.pseudo_labels.threshold)
         labels = RegionLabels(labels.labels.to(device), labels.scores.to(device), labels.passed.to(device))
         keep = keep_by_group(labels.passed, groups, dist)
@@ -225,7 +237,7 @@ class PretrainTask:
         student_whole = torch.stack([e[-1] for e in per_image])
         captions = self._caption_embeddings(batch.captions) if recipe.losses.image_text > 0 else None
         terms = pretraining_losses(student_regions, teacher_regions, self.concepts, labels.labels, keep, groups,
-                                   recipe.losses, dist, student_whole, captions)
+                                   recipe.losses, dist, student_whole, captions, candidates)
         # Diagnostics: shares of global ratios, so their mean over processes is the global ratio.
         regions_total = dist.all_sum(torch.tensor(float(len(student_regions)), device=device)).clamp(min=1)
         share = dist.world_size / regions_total
