@@ -81,9 +81,10 @@ class OpenVocabularyDetector(nn.Module):
             return self.proposal_network(images)
 
     def forward(self, images: Sequence[torch.Tensor], targets: Sequence[dict[str, torch.Tensor]] | None = None,
-                generator: torch.Generator | None = None):
+                generator: torch.Generator | Sequence[torch.Generator] | None = None):
         """`targets` (training): per image {"boxes": [G, 4], "labels": [G] vocabulary indices}.
-        `generator` draws the region samples (reproducible runs)."""
+        `generator` draws the region samples (reproducible runs): one for the batch, or one per
+        image (draws independent of how a global batch is split over processes)."""
         proposals = self.propose(images)
         batch, sizes = normalise_and_pad(images, self.mean, self.std)
         features = self.encoder.trunk(batch)
@@ -97,11 +98,14 @@ class OpenVocabularyDetector(nn.Module):
 
     def _losses(self, features, proposals, targets, generator) -> dict[str, torch.Tensor]:
         config, background = self.config, self.predictor.num_classes
+        generators = generator if isinstance(generator, Sequence) else [generator] * len(proposals)
+        if len(generators) != len(proposals):
+            raise ValueError(f"{len(generators)} generators for {len(proposals)} images")
         sampled = [sample_regions(p["boxes"], t["boxes"].to(features.device), t["labels"].to(features.device),
                                   background, regions=config.regions_per_image,
                                   positive_fraction=config.positive_fraction,
-                                  iou_threshold=config.iou_threshold, generator=generator)
-                   for p, t in zip(proposals, targets)]
+                                  iou_threshold=config.iou_threshold, generator=g)
+                   for p, t, g in zip(proposals, targets, generators)]
         boxes = [s[0] for s in sampled]
         labels = torch.cat([s[1] for s in sampled])
         matched = torch.cat([s[2] for s in sampled])

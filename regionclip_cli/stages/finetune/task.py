@@ -75,9 +75,12 @@ class FinetuneTask:
         device = self.runtime.device
         images = [image.to(device) for image in batch.images]
         targets = [{k: v.to(device) for k, v in t.items()} for t in batch.targets]
-        generator = torch.Generator().manual_seed(batch.seed)
+        # One generator per image, seeded by its global-batch position: the regions drawn for an
+        # image are the same on one process or many (one generator for the batch would draw the
+        # second image's regions after the first's on one process, from a fresh seed on two).
+        generators = [torch.Generator().manual_seed(seed) for seed in batch.image_seeds]
         with self.runtime.autocast():
-            losses = self.model(images, targets, generator=generator)
+            losses = self.model(images, targets, generator=generators)
         # Each term is a mean over this process's sampled regions; every image samples the same
         # number (regions_per_image, fewer only without enough proposals), so images weigh it.
         return {name: self.runtime.dist.global_mean(value.float(), len(images)) for name, value in losses.items()}
