@@ -141,20 +141,53 @@ def test_finetuned_detector_loads_for_any_vocabulary(cli, small_world, rpn_file,
     assert (found["labels"] < 3).all() and not detector.proposal_network.training
 
 
+def rpn_recipe(world: Path, out: Path, iterations: int = 2) -> Path:
+    recipe = {"trunk": {"model": "world-tiny"}, "rpn": {"anchor_sizes": [16, 32, 64], "batch_size_per_image": 32},
+              "data": _data(world), "recall_at": [10, 50],
+              "optimizer": {"lr": 0.01, "warmup_iterations": 1, "steps": [5]},
+              "train": {"iterations": iterations, "batch_size": 2, "log_every": 1}, "output": str(out),
+              "device": "cpu"}
+    path = out.parent / f"{out.name}.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
 def test_rpn_command_trains_and_reports_recall(cli, small_world, tmp_path):
     out = tmp_path / "rpn"
-    recipe = {"trunk": {"model": "world-tiny"}, "rpn": {"anchor_sizes": [16, 32, 64], "batch_size_per_image": 32},
-              "data": _data(small_world), "recall_at": [10, 50],
-              "optimizer": {"lr": 0.01, "warmup_iterations": 1, "steps": [5]},
-              "train": {"iterations": 2, "batch_size": 2, "log_every": 1}, "output": str(out), "device": "cpu"}
-    path = tmp_path / "rpn.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    code, stdout, err = cli("rpn", path, "-q")
+    code, stdout, err = cli("rpn", rpn_recipe(small_world, out), "-q")
     assert code == 0, err
     recall = json.loads((out / "recall.json").read_text())
     assert set(recall) == {"all", "base", "novel"} and set(recall["base"]) == {"AR@10", "AR@50"}
     assert load_checkpoint(out / "rpn.pt").kind == "rpn"
     assert "recall base" in stdout
+
+
+def test_rpn_two_process_ddp_matches_one_process(cli, small_world, tmp_path):
+    # As test_two_process_ddp_matches_one_process for the RPN: each image's anchors are sampled
+    # from its own seed (by global-batch position), and both losses are sums over an image's
+    # sampled anchors divided by batch_size_per_image per image, so two processes of one image
+    # train exactly as one process of two.
+    overrides = ["--set", "data.test=null", "--set", "optimizer.clip_grad_norm=1.0e6"]
+    single = tmp_path / "single"
+    code, _, err = cli("rpn", rpn_recipe(small_world, single), "-q", *overrides)
+    assert code == 0, err
+    ddp = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29535",
+         "-m", "regionclip_cli", "rpn", str(rpn_recipe(small_world, ddp)), "-q", *overrides],
+        capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows_a, rows_b = metrics(single), metrics(ddp)
+    assert [r["iteration"] for r in rows_b] == [1, 2]
+    for row_a, row_b in zip(rows_a, rows_b, strict=True):
+        for key in ("loss", "loss_objectness", "loss_rpn_box_reg", "grad_norm", "lr"):
+            assert row_a[key] == pytest.approx(row_b[key], rel=1e-5, abs=1e-7), (key, row_a, row_b)
+    sa = load_checkpoint(single / "rpn.pt").state_dict
+    sb = load_checkpoint(ddp / "rpn.pt").state_dict
+    assert sa.keys() == sb.keys()
+    worst = max((sa[k].float() - sb[k].float()).abs().max().item() for k in sa)
+    assert worst < 1e-6
 
 
 def _write_world_copy(world: Path, tmp_path: Path, edit) -> Path:

@@ -14,6 +14,10 @@ follow detectron2:
   anchors actually sampled, which is the same unless an image has too few anchors);
 - top-k before/after NMS 12,000/2,000 in training and 6,000/1,000 at test.
 
+Training can seed each image's anchor sampling (`seeds`, one per image): torchvision's sampler
+draws from the global generator, image after image, so without them an image's draw depends on the
+images before it in the local batch — that is, on how a global batch is split over processes.
+
 `RegionProposalNetwork.forward` would drop the objectness scores and demands targets whenever the
 module is in training mode, so `ProposalNetwork.forward` composes the pieces itself: a dict of
 losses in training, `[{"boxes", "scores"}]` (scores are sigmoid probabilities) in eval mode. A
@@ -180,9 +184,11 @@ class ProposalNetwork(nn.Module):
         self.rpn.nms_thresh = nms_threshold
         self.rpn._post_nms_top_n["testing"] = post_nms_top_n
 
-    def forward(self, images: Sequence[torch.Tensor], targets: Sequence[torch.Tensor] | None = None):
+    def forward(self, images: Sequence[torch.Tensor], targets: Sequence[torch.Tensor] | None = None,
+                seeds: Sequence[int] | None = None):
         """`images`: raw RGB [3, h, w] in [0, 1]; `targets`: [Ni, 4] x1y1x2y2 boxes (training only;
-        an image without boxes needs `zeros((0, 4))`)."""
+        an image without boxes needs `zeros((0, 4))`); `seeds` (training, optional): one per image,
+        each image's anchors sampled under its own seed (else from the global generator)."""
         batch, sizes = normalise_and_pad(images, self.mean, self.std)
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.backbone_trainable):
             features = list(self.backbone(batch).values())
@@ -196,19 +202,23 @@ class ProposalNetwork(nn.Module):
         if self.training:
             if targets is None:
                 raise ValueError("ProposalNetwork in training mode needs targets (boxes per image)")
-            return self._losses(anchors, objectness, deltas, targets)
+            return self._losses(anchors, objectness, deltas, targets, seeds)
         proposals = self.rpn.box_coder.decode(deltas.detach(), anchors).view(len(anchors), -1, 4)
         boxes, scores = self.rpn.filter_proposals(proposals, objectness, sizes, per_level)
         return [{"boxes": b, "scores": s} for b, s in zip(boxes, scores)]
 
-    def _losses(self, anchors, objectness, deltas, targets) -> dict[str, torch.Tensor]:
+    def _losses(self, anchors, objectness, deltas, targets, seeds) -> dict[str, torch.Tensor]:
         """detectron2's RPN losses: BCE on the sampled anchors and L1 (β = 0) on the positive
-        ones, both summed and divided by `batch_size_per_image × images`."""
+        ones, both summed and divided by `batch_size_per_image × images`.
+
+        The divisor does not depend on how many anchors an image actually samples (fewer than
+        `batch_size_per_image` when it has too few negatives): the processes' losses, averaged
+        with their image counts as weights, are exactly the loss of the whole batch on one."""
         rpn = self.rpn
         boxes = [{"boxes": t.to(device=deltas.device, dtype=torch.float32).reshape(-1, 4)} for t in targets]
         labels, matched = rpn.assign_targets_to_anchors(anchors, boxes)
         regression_targets = torch.cat(rpn.box_coder.encode(matched, anchors))
-        positive, negative = rpn.fg_bg_sampler(labels)
+        positive, negative = self._sample(labels, seeds)
         positive = torch.where(torch.cat(positive))[0]
         sampled = torch.cat([positive, torch.where(torch.cat(negative))[0]])
         labels = torch.cat(labels)
@@ -222,6 +232,24 @@ class ProposalNetwork(nn.Module):
         else:
             box = F.smooth_l1_loss(deltas[positive], regression_targets[positive], beta=beta, reduction="sum")
         return {"loss_objectness": loss_objectness, "loss_rpn_box_reg": box / normaliser}
+
+    def _sample(self, labels: list[torch.Tensor], seeds: Sequence[int] | None):
+        """torchvision's balanced sampler; with `seeds`, run on each image alone under its seed
+        (global generator state restored after), so an image's draw ignores the other images."""
+        sampler = self.rpn.fg_bg_sampler
+        if seeds is None:
+            return sampler(labels)
+        if len(seeds) != len(labels):
+            raise ValueError(f"{len(seeds)} seeds for {len(labels)} images")
+        positive, negative = [], []
+        for image_labels, seed in zip(labels, seeds):
+            device = image_labels.device
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                torch.manual_seed(seed)
+                (image_positive,), (image_negative,) = sampler([image_labels])
+            positive.append(image_positive)
+            negative.append(image_negative)
+        return positive, negative
 
 
 def freeze(network: ProposalNetwork) -> ProposalNetwork:

@@ -203,9 +203,8 @@ def expanded_order(factors: Sequence[float], seed: int) -> list[int]:
 class DetectionBatch:
     images: list[torch.Tensor]  # raw RGB [3, h, w] in [0, 1], resized
     targets: list[dict[str, torch.Tensor]]  # boxes in input pixels, labels
-    seed: int  # seeds the RPN's anchor sampling of this step on this process
-    image_seeds: list[int]  # seed the detector's region sampling, one per image: by its global-batch
-    # position, so the draws do not depend on how the batch is split over processes
+    image_seeds: list[int]  # seed the detector's region and the RPN's anchor sampling, one per image:
+    # by its global-batch position, so the draws do not depend on how the batch is split over processes
 
 
 class TrainingBatches:
@@ -251,7 +250,7 @@ class TrainingBatches:
         else:
             samples = list(self._pool.map(lambda job: self._sample(*job), jobs))
         step_seed = (self.seed * 1_000_003 + iteration) * 1009
-        return DetectionBatch([s[0] for s in samples], [s[1] for s in samples], step_seed + self.positions.start,
+        return DetectionBatch([s[0] for s in samples], [s[1] for s in samples],
                               [step_seed + position for position in self.positions])
 
 
