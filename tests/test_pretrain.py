@@ -184,12 +184,15 @@ def test_folded_teacher_and_shared_layer1_change_nothing(world, tmp_path):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=name)
 
 
-def test_precomputed_pseudo_labels_train_like_labels_computed_on_the_fly(world, tmp_path, cli):
-    """`pretrain` reading a `pseudolabel` folder takes the same steps as labelling the same boxes itself."""
+@pytest.mark.parametrize("candidates", ["pool", "captions"])
+def test_precomputed_pseudo_labels_train_like_labels_computed_on_the_fly(world, tmp_path, cli, candidates):
+    """`pretrain` reading a `pseudolabel` folder takes the same steps as labelling the same boxes
+    itself, from the whole pool or from the concepts each image's captions name."""
     labels = tmp_path / "labels"
     images, concepts = world
     boxes = images / "annotations.json"
-    code, _, err = cli("pseudolabel", images / "images", "--concepts", concepts,
+    restrict = ["--captions", str(images / "captions.jsonl")] if candidates == "captions" else []
+    code, _, err = cli("pseudolabel", images / "images", "--concepts", concepts, *restrict,
                        "--model", "world-tiny", "--boxes", boxes, "--regions", "6", "--min-size", "128",
                        "--max-size", "128", "--out", labels, "--device", "cpu", "--pictures", "0", "-q")
     assert code == 0, err
@@ -197,7 +200,8 @@ def test_precomputed_pseudo_labels_train_like_labels_computed_on_the_fly(world, 
     # 128 px: the 224-px world images are resized, as world-tiny's input is, so both paths must
     # resize alike (bicubic)
     common = ["-q", "--set", "train.iterations=2", "--set", "train.hflip=false",
-              "--set", "train.min_size=128", "--set", "train.max_size=128"]
+              "--set", "train.min_size=128", "--set", "train.max_size=128",
+              "--set", f"pseudo_labels.candidates={candidates}"]
     code, _, err = cli("pretrain", write_recipe(world, on_the_fly), *common,
                        "--set", "proposals.source=file", "--set", f"proposals.file={boxes}")
     assert code == 0, err
@@ -558,7 +562,15 @@ def batch_index(task: PretrainTask, position: int) -> int:
     return global_batch_indices(len(task.batches.items), train.batch_size, 0, train.seed)[position]
 
 
-def test_caption_candidates_refuse_precomputed_labels(world, tmp_path, cli):
+def test_precomputed_labels_must_use_the_recipes_candidates(world, tmp_path, cli):
+    """A `pseudolabel` folder made from the whole pool is refused by a captions recipe, and one
+    made with --captions by a pool recipe: the labels would not be the ones the recipe asks for."""
+    images, concepts = world
+    labels = tmp_path / "labels"
+    code, _, err = cli("pseudolabel", images / "images", "--concepts", concepts, "--model", "world-tiny",
+                       "--regions", "4", "--out", labels, "--device", "cpu", "--pictures", "0", "-q")
+    assert code == 0, err
     code, _, err = cli("pretrain", write_recipe(world, tmp_path / "run"), "--set", "pseudo_labels.candidates=captions",
-                       "--set", f"pseudo_labels.precomputed={tmp_path}")
-    assert code == 2 and "cannot be combined with pseudo_labels.precomputed" in err and "Traceback" not in err
+                       "--set", f"pseudo_labels.precomputed={labels}")
+    assert code == 2 and "labelled with candidates 'pool', but pseudo_labels.candidates is 'captions'" in err
+    assert "Traceback" not in err

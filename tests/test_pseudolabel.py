@@ -1,6 +1,7 @@
 """`regionclip pseudolabel`: sharded, resumable without duplicates or gaps."""
 
 import json
+from pathlib import Path
 
 
 from regionclip_cli.synthetic.categories import WORLD_CATEGORIES
@@ -80,3 +81,25 @@ def test_ctrl_c_says_what_was_written_and_the_rerun_finishes(cli, small_world, w
     monkeypatch.setattr(stage, "label_records", real)
     code, _, err = cli(*args)
     assert code == 0 and len(records(out)) == 8
+
+
+def test_captions_restrict_each_images_labels_to_the_concepts_it_names(cli, small_world, world_concepts, tmp_path):
+    from regionclip_cli.stages.concepts.parse import ConceptParser, ParseConfig
+
+    out = tmp_path / "labels"
+    captions = small_world / "captions.jsonl"
+    code, _, err = cli("pseudolabel", small_world / "images", "--concepts", world_concepts, "--model", "world-tiny",
+                       "--captions", captions, "--out", out, "--regions", "10", "--pictures", "0",
+                       "--device", "cpu", "-q")
+    assert code == 0, err
+    rows = {Path(json.loads(line)["file"]).name: json.loads(line)["captions"]
+            for line in captions.read_text().splitlines()}
+    parser = ConceptParser(ParseConfig())
+    assert json.loads((out / "manifest.json").read_text())["settings"]["candidates"].startswith("captions:")
+    labelled = set()
+    for record in records(out):
+        named = {c for caption in parser.parse(rows[Path(record["file"]).name]) for c in caption}
+        used = {region["concept"] for region in record["regions"]}
+        assert used <= named, (record["file"], used - named)
+        labelled |= used
+    assert len(labelled) > 3

@@ -71,19 +71,23 @@ def read_captioned_images(images: Path, captions: Path) -> CaptionedImages:
     paths, problems = find_images([images])
     if not paths:
         raise RegionclipError(f"data.images {images}: {'; '.join(problems) or 'no images found'}")
-    rows = [row for row in _read_caption_rows(captions) if row[1]]
-    index = FileNameIndex([name for name, _ in rows])
-    items, matched = [], set()
-    for path in paths:
-        found = index.find(path)
-        if found is not None:
-            items.append(CaptionedImage(path, tuple(rows[found][1])))
-            matched.add(found)
+    items, unmatched_rows = match_captions(paths, captions)
+    items = [item for item in items if item.captions]
     if not items:
         raise RegionclipError(
             f"data.captions {captions}: no caption matches an image under {images} (file names differ?)"
         )
-    return CaptionedImages(items, len(paths) - len(items), len(rows) - len(matched))
+    return CaptionedImages(items, len(paths) - len(items), unmatched_rows)
+
+
+def match_captions(paths: list[Path], captions: Path) -> tuple[list[CaptionedImage], int]:
+    """Each image with its captions (none where no row matches its file name), and how many
+    caption rows matched no image."""
+    rows = [row for row in _read_caption_rows(captions) if row[1]]
+    index = FileNameIndex([name for name, _ in rows])
+    found = [index.find(path) for path in paths]
+    items = [CaptionedImage(path, tuple(rows[i][1]) if i is not None else ()) for path, i in zip(paths, found)]
+    return items, len(rows) - len({i for i in found if i is not None})
 
 
 def sample_generator(seed: int, iteration: int, position: int) -> torch.Generator:

@@ -33,6 +33,7 @@ class ShardConfig:
     seed: int
     shard_size: int
     images: str  # sha256 of the sorted image paths
+    candidates: str = "pool"  # or "captions:<sha256 of the captions file>": labels among each image's mentions
 
 
 def digest(items: list[str]) -> str:

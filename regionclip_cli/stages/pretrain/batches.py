@@ -18,7 +18,7 @@ from regionclip_cli.data.images import (PRETRAINING_INTERPOLATION, ResizeConfig,
                                         resize_for_model, to_model_tensor)
 from regionclip_cli.data.proposals import BoxFile, RandomBoxConfig, random_boxes, sanitize_boxes
 from regionclip_cli.data.pseudolabel_shards import PrecomputedLabels
-from regionclip_cli.stages.pretrain.mentions import CaptionMentions
+from regionclip_cli.stages.concepts.mentions import CaptionMentions
 from regionclip_cli.stages.pretrain.recipe import ProposalsConfig, PretrainTrainConfig
 
 

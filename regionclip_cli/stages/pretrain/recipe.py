@@ -67,12 +67,8 @@ class PseudoLabelsConfig:
     precomputed: Optional[Path] = None  # a folder written by `regionclip pseudolabel`; else on the fly
     # pool: every concept of the pool may name a region (the original). captions: only the
     # concepts that the image's own captions mention (where they mention none, the whole pool).
+    # A precomputed folder must have been labelled the same way (`pseudolabel --captions`).
     candidates: Literal["pool", "captions"] = "pool"
-
-    def __post_init__(self) -> None:
-        if self.candidates == "captions" and self.precomputed is not None:
-            raise ValueError("pseudo_labels.candidates 'captions' labels regions on the fly from each "
-                             "image's captions; it cannot be combined with pseudo_labels.precomputed")
 
 
 @dataclass(frozen=True)

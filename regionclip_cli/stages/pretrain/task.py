@@ -36,11 +36,11 @@ from regionclip_cli.modeling.freezing import (clip_state_template, freeze_batchn
 from regionclip_cli.modeling.losses import (concept_distillation, group_mean, image_text_contrastive,
                                             region_concept_contrastive)
 from regionclip_cli.modeling.region_encoder import RegionEncoder, frozen_region_encoder
+from regionclip_cli.stages.concepts.mentions import CaptionMentions, candidate_mask
 from regionclip_cli.stages.pretrain.batches import Batch, BatchBuilder, RegionLabels
-from regionclip_cli.stages.pretrain.mentions import CaptionMentions, candidate_mask
 from regionclip_cli.stages.pretrain.recipe import LossesConfig, PretrainConfig
 from regionclip_cli.stages.pretrain.student import load_student_weights
-from regionclip_cli.stages.pseudolabel.labeler import concept_logits
+from regionclip_cli.stages.pseudolabel.labeler import LabelRuleConfig, assign_pseudo_labels
 
 
 @dataclass
@@ -124,6 +124,22 @@ def pretraining_losses(student_regions: torch.Tensor, teacher_regions: torch.Ten
     return terms
 
 
+def check_candidates(settings: dict, recipe: PretrainConfig) -> None:
+    """Precomputed labels must come from the candidates the recipe names (and the same captions)."""
+    from regionclip_cli.core.errors import RegionclipError
+    from regionclip_cli.data.pseudolabel_shards import digest
+
+    folder = f"pseudo_labels.precomputed {recipe.pseudo_labels.precomputed}"
+    made = settings.get("candidates", "pool")
+    wanted = recipe.pseudo_labels.candidates
+    if made.split(":", 1)[0] != wanted:
+        hint = "`regionclip pseudolabel --captions`" if wanted == "captions" else "pseudo_labels.candidates: captions"
+        raise RegionclipError(f"{folder}: labelled with candidates '{made.split(':', 1)[0]}', but "
+                              f"pseudo_labels.candidates is '{wanted}' (use {hint})")
+    if wanted == "captions" and made != f"captions:{digest([recipe.data.captions.read_text(encoding='utf-8')])}":
+        raise RegionclipError(f"{folder}: labelled from other captions than data.captions {recipe.data.captions}")
+
+
 class PretrainTask:
     """Teacher, student and concept pool of one pretraining run (an `engine.task.Task`)."""
 
@@ -187,6 +203,7 @@ class PretrainTask:
         precomputed = None
         if recipe.pseudo_labels.precomputed is not None:
             precomputed = load_precomputed(recipe.pseudo_labels.precomputed, pool.names)
+            check_candidates(precomputed.settings, recipe)
         return cls(recipe, runtime, teacher, pool.names, pool.embeddings, data.items, precomputed)
 
     # --- the Task protocol ---------------------------------------------------------------------
@@ -221,11 +238,9 @@ class PretrainTask:
         candidates = None if batch.mentioned is None else \
             candidate_mask(batch.mentioned, counts, len(self.concept_names), device)
         if labels is None:
-            logits = concept_logits(teacher_regions, self.concepts, recipe.losses.temperature)
-            if candidates is not None:
-                logits = logits.masked_fill(~candidates, float("-inf"))
-            scores, top1 = logits.softmax(dim=1).max(dim=1)
-            labels = RegionLabels(top1, scores, scores > recipe.pseudo_labels.threshold)
+            rule = LabelRuleConfig(recipe.pseudo_labels.threshold, recipe.losses.temperature)
+            named = assign_pseudo_labels(teacher_regions, self.concepts, rule, candidates=candidates)
+            labels = RegionLabels(named.labels, named.scores, named.scores > rule.threshold)
         labels = RegionLabels(labels.labels.to(device), labels.scores.to(device), labels.passed.to(device))
         keep = keep_by_group(labels.passed, groups, dist)
         with runtime.autocast():

@@ -10,6 +10,7 @@ batch never trains on nothing.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -40,15 +41,21 @@ def concept_logits(regions: torch.Tensor, concepts: torch.Tensor, temperature: f
 
 def assign_pseudo_labels(teacher_regions: torch.Tensor, concepts: torch.Tensor,
                          spec: LabelRuleConfig = LabelRuleConfig(),
-                         any_kept: Callable[[torch.Tensor], torch.Tensor] = lambda passed: passed
-                         ) -> PseudoLabels:
+                         any_kept: Callable[[torch.Tensor], torch.Tensor] = lambda passed: passed,
+                         candidates: torch.Tensor | None = None) -> PseudoLabels:
     """Top-1 concept of each region and whether it is confident enough to contrast against.
+
+    `candidates` ([K] or [N, K] bool) limits the softmax to the concepts a region may be labelled
+    with (caption-restricted labels); None means the whole pool, the original's rule.
 
     `any_kept` turns "did a region here pass?" (a 0-d bool tensor) into the decision; in
     distributed training it asks all ranks, so the fallback to "keep all" is the same decision a
     single process would make for the global batch. It stays a tensor: no wait on the device.
     """
-    probabilities = concept_logits(teacher_regions, concepts, spec.temperature).softmax(dim=1)
+    logits = concept_logits(teacher_regions, concepts, spec.temperature)
+    if candidates is not None:
+        logits = logits.masked_fill(~candidates, float("-inf"))
+    probabilities = logits.softmax(dim=1)
     scores, labels = probabilities.max(dim=1)
     keep = scores > spec.threshold
     keep = keep | ~any_kept(keep.any())
@@ -56,10 +63,12 @@ def assign_pseudo_labels(teacher_regions: torch.Tensor, concepts: torch.Tensor,
 
 
 def label_records(embedded, concepts: torch.Tensor, rule: LabelRuleConfig, concept_names: list[str],
-                  problems: list[str]) -> list[dict]:
+                  problems: list[str], candidates: Callable[[Path], torch.Tensor | None] | None = None
+                  ) -> list[dict]:
     """JSON-ready records, in input order, from the region pipeline's results (see `stages.regions`).
 
-    `concepts` are L2-normalised [K, D] on the embeddings' device. An image that could not be
+    `concepts` are L2-normalised [K, D] on the embeddings' device; `candidates` gives an image's
+    [K] mask of the concepts its regions may be labelled with (None: the pool). An image that could not be
     used, or that is left with no usable box, becomes an error record; skipped boxes go to `problems`.
     """
     from regionclip_cli.stages.regions import SkippedImage
@@ -73,7 +82,9 @@ def label_records(embedded, concepts: torch.Tensor, rule: LabelRuleConfig, conce
         if len(item.boxes) == 0:
             records.append({"file": str(item.path), "error": f"{item.path}: no usable boxes"})
             continue
-        labels = assign_pseudo_labels(item.embeddings, concepts, rule)
+        allowed = None if candidates is None else candidates(item.path)
+        labels = assign_pseudo_labels(item.embeddings, concepts, rule,
+                                      candidates=None if allowed is None else allowed.to(concepts.device))
         width, height = item.image.original_size
         records.append({
             "file": str(item.path), "width": width, "height": height,

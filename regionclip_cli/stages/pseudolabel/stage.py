@@ -1,6 +1,7 @@
 """The pseudolabel stage as a library call: `run(PseudoLabelConfig(...))`, what the CLI calls.
 
-The frozen teacher labels each image's proposals with its best concept of the pool, through the
+The frozen teacher labels each image's proposals with its best concept of the pool (or of the
+concepts the image's captions name, with `captions`), through the
 shared region pipeline (`stages.regions`), shard by shard: a rerun after an interruption writes
 only the missing shards, and other settings into the same folder are refused unless told to
 overwrite (`data.pseudolabel_shards`).
@@ -35,6 +36,7 @@ class PseudoLabelConfig:
     pretrained: str | None = None
     weights: Path | None = None
     boxes: Path | None = None
+    captions: Path | None = None  # label each image's regions only with the concepts its captions name
     regions: int = 100
     rule: LabelRuleConfig = field(default_factory=LabelRuleConfig)
     seed: int = 0
@@ -85,6 +87,22 @@ def teacher_options(config: PseudoLabelConfig, model_name: str, model_identity: 
     return model_name.removesuffix("-quickgelu") if pretrained else model_name, pretrained
 
 
+def caption_candidates(captions: Path | None, paths: list[Path], concept_names: list[str]):
+    """(image path -> [K] mask of the concepts its captions name, images labelled from the whole
+    pool) for `--captions`; (None, 0) without it."""
+    if captions is None:
+        return None, 0
+    from regionclip_cli.data.captions import match_captions
+    from regionclip_cli.stages.concepts.mentions import CaptionMentions, mention_mask
+
+    if not Path(captions).is_file():
+        raise RegionclipError(f"--captions {captions}: no such file")
+    items, _ = match_captions(paths, Path(captions))
+    mentioned = CaptionMentions(items, concept_names).for_images(range(len(items)))
+    masks = {item.path: mention_mask(named, len(concept_names)) for item, named in zip(items, mentioned)}
+    return masks.get, sum(1 for named in mentioned if len(named) == 0)
+
+
 def run(config: PseudoLabelConfig, reporter: Reporter | None = None) -> PseudoLabelResult:
     from regionclip_cli.core.atomic import write_json
     from regionclip_cli.core.devices import resolve_device
@@ -112,12 +130,14 @@ def run(config: PseudoLabelConfig, reporter: Reporter | None = None) -> PseudoLa
         raise RegionclipError(f"{error} (the teacher {pool.model_identity} comes from --concepts "
                               f"{config.concepts}; pass --model/--weights to choose another)") from None
     check_matches(pool, clip, origin=f"--concepts {config.concepts}")
+    candidates, uncaptioned = caption_candidates(config.captions, paths, pool.names)
     settings = ShardConfig(
         model_identity=clip.identity, concepts=digest(pool.names),
         proposals=f"file:{Path(config.boxes).resolve()}" if config.boxes else "random",
         regions_per_image=config.regions, threshold=config.rule.threshold,
         temperature=config.rule.temperature, seed=config.seed, shard_size=config.shard_size,
-        images=digest([str(p.resolve()) for p in paths]))
+        images=digest([str(p.resolve()) for p in paths]),
+        candidates="pool" if config.captions is None else f"captions:{digest([Path(config.captions).read_text(encoding='utf-8')])}")
     shards = ShardedLabels(config.out, settings, paths, overwrite=config.overwrite)
     encoder = frozen_region_encoder(clip.model.visual)
     # Pseudo labels stand in for the ones `pretrain` computes on the fly: resized as it resizes.
@@ -134,7 +154,8 @@ def run(config: PseudoLabelConfig, reporter: Reporter | None = None) -> PseudoLa
             shard_paths = shards.shard_images(index)
             embedded = embed_regions(encoder, transform, proposals, shard_paths, device=clip.device,
                                      batch_size=config.batch_size)
-            shards.write_shard(index, label_records(embedded, concepts, config.rule, pool.names, box_problems))
+            shards.write_shard(index, label_records(embedded, concepts, config.rule, pool.names, box_problems,
+                                                    candidates))
             reporter.shard_done(len(shard_paths), index, shards.num_shards)
     except KeyboardInterrupt:
         written = shards.num_shards - len(shards.pending())
@@ -150,6 +171,9 @@ def run(config: PseudoLabelConfig, reporter: Reporter | None = None) -> PseudoLa
         draw_labelled_records(records, Path(config.out) / "pictures", limit=config.pictures)
     failures = list(missing) + [r["error"] for r in records if "error" in r]
     notes = []
+    if config.captions is not None:
+        notes.append(f"labels among the concepts each image's captions name (--captions); {uncaptioned} "
+                     "image(s) without a caption row or a named concept were labelled from the whole pool")
     if proposals.is_random:
         notes.append("random proposals: right for pseudo labels and region features; pictures show each "
                      "image's most confident non-overlapping regions")

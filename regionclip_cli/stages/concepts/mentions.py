@@ -1,7 +1,8 @@
 """Which pool concepts an image's own captions name: the candidates of caption-restricted labels.
 
-With `pseudo_labels.candidates: captions`, the teacher names a region only with concepts that the
-captions of its image mention, instead of the whole pool (the original's rule). Captions are
+With `pretrain`'s `pseudo_labels.candidates: captions` (or `pseudolabel --captions`), the teacher
+names a region only with concepts that the captions of its image mention, instead of the whole
+pool (the original's rule). Captions are
 parsed by the same concept parser that built the pool, so "three discs" names the concept
 "disc". Parsing runs once per image, on the main thread (spaCy pipelines are not thread-safe),
 and is cached: after the first epoch it costs nothing.
@@ -43,15 +44,19 @@ class CaptionMentions:
         return [self._cache[i] for i in indices]
 
 
+def mention_mask(named: torch.Tensor, pool_size: int) -> torch.Tensor:
+    """[K] the concepts a region of this image may be labelled with: the mentioned ones, or the
+    whole pool where the captions name none of the pool's concepts."""
+    if len(named) == 0:
+        return torch.ones(pool_size, dtype=torch.bool)
+    return torch.zeros(pool_size, dtype=torch.bool).index_fill_(0, named, True)
+
+
 def candidate_mask(mentioned: Sequence[torch.Tensor], counts: Sequence[int], pool_size: int,
                    device: torch.device) -> torch.Tensor:
-    """[N regions, K] which concepts each region may be labelled with: its image's mentioned ones,
-    or the whole pool where the captions name none of the pool's concepts."""
-    rows = []
-    for named, count in zip(mentioned, counts, strict=True):
-        row = torch.ones(pool_size, dtype=torch.bool) if len(named) == 0 else \
-            torch.zeros(pool_size, dtype=torch.bool).index_fill_(0, named, True)
-        rows.append(row.expand(count, pool_size))
+    """[N regions, K] `mention_mask` of each region's image, for images with `counts` regions."""
+    rows = [mention_mask(named, pool_size).expand(count, pool_size)
+            for named, count in zip(mentioned, counts, strict=True)]
     if not rows:
         return torch.zeros((0, pool_size), dtype=torch.bool, device=device)
     return torch.cat(rows).to(device)
