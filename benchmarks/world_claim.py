@@ -3,6 +3,8 @@
 Runs the pipeline as a user would, with the `regionclip` commands (each printed before it runs):
 
     regionclip world generate WORK/world --images N --seed 11
+    regionclip world generate WORK/world-eval --images 200 --seed 1
+    regionclip rpn rpn-world --set data.train...=WORK/world/... --set output=WORK/runs/world-rpn
     regionclip concepts WORK/world/captions.jsonl --model world-tiny --min-count 20 --out WORK/world/concepts
     regionclip pretrain world --set train.seed=S --set output=WORK/runs/seedS ...   (one per seed)
     regionclip pretrain world --set losses.TERM=0 ...                                (one per ablation)
@@ -11,7 +13,9 @@ Runs the pipeline as a user would, with the `regionclip` commands (each printed 
 then prints one table: image and region top-1 (all / base / novel / small / medium / large) of the
 teacher and of every run, the students' mean and min–max over seeds, and each ablation. Region
 top-1 is on ground-truth boxes of held-out default-world images (seed 0), image top-1 on held-out
-single-shape images (seed 7); the student's images (seed 11) are neither, nor the teacher's.
+single-shape images (seed 7); the student's images (seed 11) are neither, nor the teacher's. The
+RPN that proposes the pretraining regions learns from the base shapes' boxes of the student's
+world (labels ignored); its recall is measured on WORK/world-eval (seed 1).
 Finished steps are skipped on a rerun (delete WORK/... to redo one).
 
     python benchmarks/world_claim.py --work /tmp/claim --seeds 0 1 2 --ablate region_concept distillation image_text
@@ -66,10 +70,18 @@ def main() -> None:
     world = work / "world"
     run(["world", "generate", str(world), "--images", str(args.images), "--seed", "11", "-q"],
         world / "captions.jsonl")
+    held_out = work / "world-eval"
+    run(["world", "generate", str(held_out), "--images", "200", "--seed", "1", "-q"], held_out / "captions.jsonl")
+    rpn = work / "runs" / "world-rpn"
+    rpn_sets = [f"data.train.annotations={world / 'annotations.json'}", f"data.train.images={world / 'images'}",
+                f"data.test.annotations={held_out / 'annotations.json'}", f"data.test.images={held_out / 'images'}",
+                f"output={rpn}", "device=cpu"]
+    run(["rpn", "rpn-world", *[a for kv in rpn_sets for a in ("--set", kv)], "-q"], rpn / "rpn.pt")
     run(["concepts", str(world / "captions.jsonl"), "--model", "world-tiny", "--min-count", str(args.min_count),
          "--out", str(world / "concepts")], world / "concepts" / "concept_embeddings.pt")
     base = [f"concepts={world / 'concepts' / 'concept_embeddings.pt'}", f"data.images={world / 'images'}",
-            f"data.captions={world / 'captions.jsonl'}", "device=cpu", *args.overrides]
+            f"data.captions={world / 'captions.jsonl'}", f"proposals.rpn={rpn / 'rpn.pt'}", "device=cpu",
+            *args.overrides]
     runs = [(f"seed{s}", [f"train.seed={s}"]) for s in args.seeds]
     runs += [(f"no-{term}", [f"losses.{term}=0", f"train.seed={args.seeds[0]}"]) for term in args.ablate]
     seconds = {}

@@ -574,3 +574,41 @@ def test_precomputed_labels_must_use_the_recipes_candidates(world, tmp_path, cli
                        "--set", f"pseudo_labels.precomputed={labels}")
     assert code == 2 and "labelled with candidates 'pool', but pseudo_labels.candidates is 'captions'" in err
     assert "Traceback" not in err
+
+
+def test_rpn_regions_are_proposed_on_each_training_image(world, tmp_path):
+    """`proposals.source: rpn`: a frozen RPN proposes each image's regions in the step, at most
+    `regions_per_image` of its `rpn_candidates`, inside the image, the same draw for the same
+    (iteration, position), and training runs on them."""
+    from regionclip_cli.modeling.checkpoints import save_checkpoint
+    from regionclip_cli.modeling.rpn import RPNConfig, build_proposal_network, rpn_checkpoint
+
+    torch.manual_seed(0)
+    clip = load_clip("world-tiny", random_init=True)
+    network = build_proposal_network(RPNConfig(anchor_sizes=[16, 32, 64], pre_nms_top_n_test=300,
+                                               post_nms_top_n_test=50),
+                                     clip_visual=clip.model.visual, mean=clip.mean, std=clip.std)
+    rpn = tmp_path / "rpn.pt"
+    save_checkpoint(rpn, rpn_checkpoint(network, "world-tiny", {}))
+    recipe = load_recipe(PretrainConfig, write_recipe(world, tmp_path / "run"),
+                         overrides=["proposals.source=rpn", f"proposals.rpn={rpn}", "proposals.rpn_candidates=20",
+                                    "proposals.rpn_nms_threshold=0.7"])
+    trainer = cpu_trainer(recipe)
+    task = trainer.task
+    batch = task.batch(1)
+    first = task.rpn_regions(batch.images, batch.whole, batch.iteration, batch.positions)
+    again = task.rpn_regions(batch.images, batch.whole, batch.iteration, batch.positions)
+    other = task.rpn_regions(batch.images, batch.whole, batch.iteration + 1, batch.positions)
+    for boxes, whole in zip(first, batch.whole):
+        assert len(boxes) == 6  # 20 candidates after NMS, 6 drawn
+        assert (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= whole[0, 2]).all() and (boxes[:, 3] <= whole[0, 3]).all()
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert not all(torch.equal(a, b) for a, b in zip(first, other))
+    terms = trainer.step(0)
+    assert all(math.isfinite(float(terms[k])) for k in ("region_concept", "distillation", "image_text"))
+
+
+def test_rpn_regions_refuse_precomputed_labels(world, tmp_path, cli):
+    code, _, err = cli("pretrain", write_recipe(world, tmp_path / "run"), "--set", "proposals.source=rpn",
+                       "--set", f"proposals.rpn={tmp_path}", "--set", f"pseudo_labels.precomputed={tmp_path}")
+    assert code == 2 and "proposals.source 'rpn' cannot be combined with it" in err and "Traceback" not in err

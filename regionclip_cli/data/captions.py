@@ -90,9 +90,10 @@ def match_captions(paths: list[Path], captions: Path) -> tuple[list[CaptionedIma
     return items, len(rows) - len({i for i in found if i is not None})
 
 
-def sample_generator(seed: int, iteration: int, position: int) -> torch.Generator:
-    """The generator for one sample of one iteration: identical however the batch is split."""
-    digest = hashlib.sha256(f"{seed}:{iteration}:{position}".encode()).digest()
+def sample_generator(seed: int, iteration: int, position: int, stream: str = "") -> torch.Generator:
+    """The generator for one sample of one iteration: identical however the batch is split.
+    A named `stream` gives an independent generator for the same sample."""
+    digest = hashlib.sha256((f"{seed}:{iteration}:{position}" + (f":{stream}" if stream else "")).encode()).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
 
 

@@ -34,6 +34,7 @@ class RegionLabels:
 
 @dataclass
 class Batch:
+    iteration: int
     positions: list[int]  # each image's position in the global batch
     images: torch.Tensor  # [B, 3, H, W] padded, normalised
     regions: list[torch.Tensor]  # per image [R, 4] in input pixels
@@ -73,6 +74,8 @@ class BatchBuilder:
 
     def _regions(self, item: CaptionedImage, width: int, height: int, key: str,
                  generator: torch.Generator) -> torch.Tensor:
+        if self.proposals.source == "rpn":  # proposed on the augmented image, in the step
+            return torch.zeros((0, 4))
         if self.box_file is None:
             return random_boxes(width, height, self.random_spec, key=key)
         boxes, problems = sanitize_boxes(self.box_file.entry_for(item.path).boxes, width, height,
@@ -130,4 +133,4 @@ class BatchBuilder:
         if labels:
             joined = RegionLabels(*(torch.cat([getattr(x, f) for x in labels]) for f in ("labels", "scores", "passed")))
         mentioned = None if self.mentions is None else self.mentions.for_images([index for *_, index in jobs])
-        return Batch(list(self.positions), pad_batch(tensors), regions, whole, captions, joined, mentioned)
+        return Batch(iteration, list(self.positions), pad_batch(tensors), regions, whole, captions, joined, mentioned)

@@ -45,8 +45,15 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ProposalsConfig:
-    source: Literal["random", "file"] = "random"
+    """Where the regions come from: random boxes on a grid, a boxes file, or a frozen RPN run on
+    each training image (the paper's: an RPN trained on other data's base boxes, NMS 0.5, 300
+    proposals kept, `regions_per_image` (100) sampled among them at random)."""
+
+    source: Literal["random", "file", "rpn"] = "random"
     file: Optional[Path] = None  # boxes file when source is "file" (same formats as zeroshot --boxes)
+    rpn: Optional[Path] = None  # RPN checkpoint written by `regionclip rpn` when source is "rpn"
+    rpn_nms_threshold: float = 0.5
+    rpn_candidates: int = 300  # proposals kept after NMS, of which regions_per_image are sampled
     regions_per_image: int = 100
     grid: int = 8
     min_size: int = 16
@@ -54,6 +61,11 @@ class ProposalsConfig:
     def __post_init__(self) -> None:
         if self.source == "file" and self.file is None:
             raise ValueError("proposals.file is required when proposals.source is 'file'")
+        if self.source == "rpn" and self.rpn is None:
+            raise ValueError("proposals.rpn (a checkpoint written by `regionclip rpn`) is required when "
+                             "proposals.source is 'rpn'")
+        if self.rpn_candidates < 1:
+            raise ValueError("proposals.rpn_candidates must be at least 1")
         if self.regions_per_image < 1:
             raise ValueError("proposals.regions_per_image must be at least 1")
 
@@ -131,6 +143,11 @@ class PretrainConfig:
     output: Path = Path("runs/pretrain")
     device: str = "auto"
 
+    def __post_init__(self) -> None:
+        if self.pseudo_labels.precomputed is not None and self.proposals.source == "rpn":
+            raise ValueError("pseudo_labels.precomputed brings its own regions; proposals.source 'rpn' "
+                             "cannot be combined with it")
+
 
 # Settings a resumed run may take from a changed recipe (besides the engine's).
 RESUMABLE_CHANGES = ("train.loader_workers", "output")
@@ -141,6 +158,7 @@ def input_files(recipe: PretrainConfig) -> list[tuple[str, Path]]:
     files = [("concepts", recipe.concepts), ("data.images", recipe.data.images),
              ("data.captions", recipe.data.captions)]
     optional = [("teacher.weights", recipe.teacher.weights), ("student.weights", recipe.student.weights),
-                ("proposals.file", recipe.proposals.file),
+                ("proposals.file", recipe.proposals.file if recipe.proposals.source == "file" else None),
+                ("proposals.rpn", recipe.proposals.rpn if recipe.proposals.source == "rpn" else None),
                 ("pseudo_labels.precomputed", recipe.pseudo_labels.precomputed)]
     return files + [(key, path) for key, path in optional if path is not None]

@@ -1,7 +1,8 @@
 """Region-level language-image pretraining (RegionCLIP, Sec. 3) as an engine task.
 
 Per iteration, for this process's images of the global batch (`batches.py`):
-1. regions: random boxes, boxes from a file or a `pseudolabel` folder, plus one whole-image box;
+1. regions: random boxes, boxes from a file, a frozen RPN or a `pseudolabel` folder, plus one
+   whole-image box;
 2. the frozen teacher encodes the regions; its best concept per region (of the pool, or of the
    concepts the image's captions name: `pseudo_labels.candidates`) is the pseudo label, kept if
    confident (else, where no region of a loss group passes, the whole group is kept);
@@ -177,6 +178,11 @@ class PretrainTask:
             self.teacher_encoder.visual.to(memory_format=torch.channels_last)
         self.student_encoder = RegionEncoder(self.student_visual)
         self.student = runtime.distribute(self.student_encoder)
+        self.rpn_regions = None
+        if recipe.proposals.source == "rpn":
+            from regionclip_cli.stages.pretrain.rpn_regions import RPNRegions
+
+            self.rpn_regions = RPNRegions(recipe.proposals, teacher.mean, teacher.std, recipe.train.seed, device)
         positions = rank_slice(recipe.train.batch_size, runtime.dist.rank, runtime.dist.world_size)
         self.batches = BatchBuilder(items, positions, train=recipe.train, proposals=recipe.proposals,
                                     mean=teacher.mean, std=teacher.std, precomputed=precomputed,
@@ -225,7 +231,8 @@ class PretrainTask:
         images = batch.images.to(device)
         if recipe.train.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        regions = [b.to(device) for b in batch.regions]
+        regions = [b.to(device) for b in batch.regions] if self.rpn_regions is None else \
+            self.rpn_regions(images, batch.whole, batch.iteration, batch.positions)
         counts = [len(b) for b in regions]
         groups = LossGroups.build(batch.positions, counts, regions_per_image=recipe.proposals.regions_per_image,
                                   batch_size=recipe.train.batch_size, group_images=recipe.losses.group_images,
