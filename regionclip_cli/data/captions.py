@@ -37,7 +37,10 @@ class CaptionedImages:
 
 def _read_caption_rows(path: Path) -> list[tuple[str, list[str]]]:
     """(file name, captions) rows from JSON Lines or a COCO captions JSON."""
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise RegionclipError(f"{path}: not UTF-8 text (captions are JSON Lines or a COCO captions JSON)") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError:

@@ -33,11 +33,18 @@ class ShardConfig:
     seed: int
     shard_size: int
     images: str  # sha256 of the sorted image paths
-    candidates: str = "pool"  # or "captions:<sha256 of the captions file>": labels among each image's mentions
+    candidates: str = "pool"  # or `candidates_setting(captions file)`: labels among each image's mentions
 
 
 def digest(items: list[str]) -> str:
     return hashlib.sha256("\n".join(items).encode("utf-8")).hexdigest()[:16]
+
+
+def candidates_setting(captions: Path | None) -> str:
+    """`ShardConfig.candidates`: "pool", or "captions:" + a digest of the captions file's bytes."""
+    if captions is None:
+        return "pool"
+    return "captions:" + hashlib.sha256(Path(captions).read_bytes()).hexdigest()[:16]
 
 
 class ShardedLabels:
@@ -49,6 +56,8 @@ class ShardedLabels:
         manifest = self.out_dir / "manifest.json"
         if manifest.exists():
             saved = json.loads(manifest.read_text(encoding="utf-8")).get("settings")
+            if isinstance(saved, dict):
+                saved = {"candidates": "pool", **saved}  # folders from before caption candidates
             if saved != asdict(settings):
                 if not overwrite:
                     changed = [k for k, v in asdict(settings).items() if (saved or {}).get(k) != v]

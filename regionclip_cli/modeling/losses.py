@@ -73,14 +73,18 @@ def concept_distillation(student_regions: torch.Tensor, teacher_regions: torch.T
         KL(q || p) = sum_k q_k (log q_k - log p_k)
 
     `teacher_candidates` [N, K] (bool) restricts q_i to the concepts the region may be labelled
-    with (q_k = 0 elsewhere), as caption-restricted pseudo labels are; p_i stays over the pool.
+    with (q_k = 0 elsewhere), as caption-restricted pseudo labels are; p_i stays over the pool. A
+    row with no candidate falls back to the whole pool. Computed in at least float32.
     `reduction="none"` gives each region's KL(q_i || p_i) [N].
     """
     if student_regions.shape[0] == 0:
         return student_regions.sum(dim=1) * 0.0 if reduction == "none" else student_regions.sum() * 0.0
-    log_p = F.log_softmax(student_regions @ concepts.t() / temperature, dim=1)
-    teacher_logits = teacher_regions @ concepts.t() / temperature
+    at_least_fp32 = torch.promote_types(student_regions.dtype, torch.float32)
+    concepts = concepts.to(at_least_fp32)
+    log_p = F.log_softmax(student_regions.to(at_least_fp32) @ concepts.t() / temperature, dim=1)
+    teacher_logits = teacher_regions.to(at_least_fp32) @ concepts.t() / temperature
     if teacher_candidates is not None:
+        teacher_candidates = teacher_candidates | ~teacher_candidates.any(dim=1, keepdim=True)
         teacher_logits = teacher_logits.masked_fill(~teacher_candidates, float("-inf"))
     log_q = F.log_softmax(teacher_logits, dim=1)
     if teacher_candidates is None:

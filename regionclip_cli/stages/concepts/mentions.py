@@ -2,14 +2,17 @@
 
 With `pretrain`'s `pseudo_labels.candidates: captions` (or `pseudolabel --captions`), the teacher
 names a region only with concepts that the captions of its image mention, instead of the whole
-pool (the original's rule). Captions are
-parsed by the same concept parser that built the pool, so "three discs" names the concept
-"disc". Parsing runs once per image, on the main thread (spaCy pipelines are not thread-safe),
-and is cached: after the first epoch it costs nothing.
+pool (the original's rule). Captions are parsed by the concept parser that built the pool (its
+spaCy model, read from the `concepts.json` beside the embeddings), without stop words: whatever
+the parser yields is intersected with the pool, so "three discs" names the concept "disc" however
+the pool was filtered. Parsing runs in the thread that builds the batch (spaCy pipelines are not
+thread-safe, so never in the loader pool) and is cached: after the first epoch it costs nothing.
 """
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -17,25 +20,37 @@ import torch
 from regionclip_cli.data.captions import CaptionedImage
 
 
+def pool_spacy_model(embeddings: Path) -> str:
+    """The spaCy model the pool was parsed with: `concepts.json`'s, else the default."""
+    from regionclip_cli.stages.concepts.parse import DEFAULT_SPACY_MODEL
+
+    record = Path(embeddings).with_name("concepts.json")
+    try:
+        return json.loads(record.read_text(encoding="utf-8"))["settings"]["spacy_model"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return DEFAULT_SPACY_MODEL
+
+
 class CaptionMentions:
     """Pool indices named by each image's captions; an image that names none gets an empty tensor."""
 
-    def __init__(self, items: Sequence[CaptionedImage], concept_names: Sequence[str]):
+    def __init__(self, items: Sequence[CaptionedImage], concept_names: Sequence[str], spacy_model: str):
+        from regionclip_cli.stages.concepts.parse import ConceptParser, ParseConfig
+
         self.items = items
         self.index = {name: i for i, name in enumerate(concept_names)}
         self._cache: dict[int, torch.Tensor] = {}
-        self._parser = None
+        self._parser = ConceptParser(ParseConfig(spacy_model=spacy_model, stop_words=frozenset()))
 
     def _parse(self, indices: list[int]) -> None:
-        from regionclip_cli.stages.concepts.parse import ConceptParser, ParseConfig
-
-        if self._parser is None:
-            self._parser = ConceptParser(ParseConfig())
         texts = [caption for i in indices for caption in self.items[i].captions]
-        parsed = iter(self._parser.parse(texts))
+        parsed = self._parser.parse(texts)
+        start = 0
         for i in indices:
-            named = {self.index[c] for _ in self.items[i].captions for c in next(parsed) if c in self.index}
+            count = len(self.items[i].captions)
+            named = {self.index[c] for concepts in parsed[start:start + count] for c in concepts if c in self.index}
             self._cache[i] = torch.tensor(sorted(named), dtype=torch.long)
+            start += count
 
     def for_images(self, indices: Sequence[int]) -> list[torch.Tensor]:
         missing = sorted({i for i in indices if i not in self._cache})

@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 
 from regionclip_cli.core.errors import RegionclipError
+from regionclip_cli.data.captions import sample_generator
 from regionclip_cli.data.vocab import Vocabulary
 
 
@@ -201,10 +202,12 @@ def expanded_order(factors: Sequence[float], seed: int) -> list[int]:
 
 @dataclass
 class DetectionBatch:
+    """`image_seeds` seed the detector's region and the RPN's anchor sampling, one per image, from
+    its global-batch position: the draws do not depend on how the batch is split over processes."""
+
     images: list[torch.Tensor]  # raw RGB [3, h, w] in [0, 1], resized
     targets: list[dict[str, torch.Tensor]]  # boxes in input pixels, labels
-    image_seeds: list[int]  # seed the detector's region and the RPN's anchor sampling, one per image:
-    # by its global-batch position, so the draws do not depend on how the batch is split over processes
+    image_seeds: list[int]
 
 
 class TrainingBatches:
@@ -249,9 +252,9 @@ class TrainingBatches:
             samples = [self._sample(*job) for job in jobs]
         else:
             samples = list(self._pool.map(lambda job: self._sample(*job), jobs))
-        step_seed = (self.seed * 1_000_003 + iteration) * 1009
-        return DetectionBatch([s[0] for s in samples], [s[1] for s in samples],
-                              [step_seed + position for position in self.positions])
+        seeds = [sample_generator(self.seed, iteration, position, stream="sampling").initial_seed()
+                 for position in self.positions]
+        return DetectionBatch([s[0] for s in samples], [s[1] for s in samples], seeds)
 
 
 def held_out_input(item: AnnotatedImage, min_size: int, max_size: int) -> tuple[torch.Tensor, float]:

@@ -78,6 +78,7 @@ class FinetuneTask:
         # One generator per image, seeded by its global-batch position: the regions drawn for an
         # image are the same on one process or many (one generator for the batch would draw the
         # second image's regions after the first's on one process, from a fresh seed on two).
+        # Exact for batches of equal image sizes: one process pads each image to the largest.
         generators = [torch.Generator().manual_seed(seed) for seed in batch.image_seeds]
         with self.runtime.autocast():
             losses = self.model(images, targets, generator=generators)

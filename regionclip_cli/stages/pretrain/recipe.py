@@ -66,6 +66,8 @@ class ProposalsConfig:
                              "proposals.source is 'rpn'")
         if self.rpn_candidates < 1:
             raise ValueError("proposals.rpn_candidates must be at least 1")
+        if not 0 < self.rpn_nms_threshold <= 1:
+            raise ValueError("proposals.rpn_nms_threshold must be in (0, 1]")
         if self.regions_per_image < 1:
             raise ValueError("proposals.regions_per_image must be at least 1")
 
@@ -146,7 +148,8 @@ class PretrainConfig:
     def __post_init__(self) -> None:
         if self.pseudo_labels.precomputed is not None and self.proposals.source == "rpn":
             raise ValueError("pseudo_labels.precomputed brings its own regions; proposals.source 'rpn' "
-                             "cannot be combined with it")
+                             "cannot be combined with it (set proposals.source=random, or label RPN boxes "
+                             "with `regionclip pseudolabel --boxes`)")
 
 
 # Settings a resumed run may take from a changed recipe (besides the engine's).

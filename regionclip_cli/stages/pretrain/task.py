@@ -37,7 +37,7 @@ from regionclip_cli.modeling.freezing import (clip_state_template, freeze_batchn
 from regionclip_cli.modeling.losses import (concept_distillation, group_mean, image_text_contrastive,
                                             region_concept_contrastive)
 from regionclip_cli.modeling.region_encoder import RegionEncoder, frozen_region_encoder
-from regionclip_cli.stages.concepts.mentions import CaptionMentions, candidate_mask
+from regionclip_cli.stages.concepts.mentions import CaptionMentions, candidate_mask, pool_spacy_model
 from regionclip_cli.stages.pretrain.batches import Batch, BatchBuilder, RegionLabels
 from regionclip_cli.stages.pretrain.recipe import LossesConfig, PretrainConfig
 from regionclip_cli.stages.pretrain.student import load_student_weights
@@ -97,14 +97,14 @@ def gather_candidates(labels: torch.Tensor, keep: torch.Tensor, groups: LossGrou
 def pretraining_losses(student_regions: torch.Tensor, teacher_regions: torch.Tensor, concepts: torch.Tensor,
                        labels: torch.Tensor, keep: torch.Tensor, groups: LossGroups, config: LossesConfig,
                        dist: DistributedContext, student_whole: torch.Tensor | None = None,
-                       captions: torch.Tensor | None = None, candidates_mask: torch.Tensor | None = None
+                       captions: torch.Tensor | None = None, allowed: torch.Tensor | None = None
                        ) -> dict[str, torch.Tensor]:
     """This process's share of each loss term (weights not applied), for the terms with weight > 0.
 
     Region terms are means of per-group means (`group_mean`): region-concept over the kept
     regions, each against the kept labels of its own group; distillation over the kept regions
     (`distillation_regions: kept`) or all, towards the teacher's distribution over each region's
-    `candidates_mask` (all concepts when None). Image-text is CLIP's InfoNCE over the global batch.
+    `allowed` concepts (all when None). Image-text is CLIP's InfoNCE over the global batch.
     """
     tau, world = config.temperature, dist.world_size
     terms: dict[str, torch.Tensor] = {}
@@ -117,7 +117,7 @@ def pretraining_losses(student_regions: torch.Tensor, teacher_regions: torch.Ten
     if config.distillation > 0:
         mask = keep if config.distillation_regions == "kept" else torch.ones_like(keep)
         per_region = concept_distillation(student_regions, teacher_regions, concepts, tau, reduction="none",
-                                          teacher_candidates=candidates_mask)
+                                          teacher_candidates=allowed)
         terms["distillation"] = world * group_mean(per_region, mask, groups.region_group, groups.count(mask, dist))
     if config.image_text > 0 and student_whole is not None:
         local = image_text_contrastive(student_whole, captions, tau)
@@ -128,7 +128,7 @@ def pretraining_losses(student_regions: torch.Tensor, teacher_regions: torch.Ten
 def check_candidates(settings: dict, recipe: PretrainConfig) -> None:
     """Precomputed labels must come from the candidates the recipe names (and the same captions)."""
     from regionclip_cli.core.errors import RegionclipError
-    from regionclip_cli.data.pseudolabel_shards import digest
+    from regionclip_cli.data.pseudolabel_shards import candidates_setting
 
     folder = f"pseudo_labels.precomputed {recipe.pseudo_labels.precomputed}"
     made = settings.get("candidates", "pool")
@@ -137,7 +137,7 @@ def check_candidates(settings: dict, recipe: PretrainConfig) -> None:
         hint = "`regionclip pseudolabel --captions`" if wanted == "captions" else "pseudo_labels.candidates: captions"
         raise RegionclipError(f"{folder}: labelled with candidates '{made.split(':', 1)[0]}', but "
                               f"pseudo_labels.candidates is '{wanted}' (use {hint})")
-    if wanted == "captions" and made != f"captions:{digest([recipe.data.captions.read_text(encoding='utf-8')])}":
+    if wanted == "captions" and made != candidates_setting(recipe.data.captions):
         raise RegionclipError(f"{folder}: labelled from other captions than data.captions {recipe.data.captions}")
 
 
@@ -186,7 +186,7 @@ class PretrainTask:
         positions = rank_slice(recipe.train.batch_size, runtime.dist.rank, runtime.dist.world_size)
         self.batches = BatchBuilder(items, positions, train=recipe.train, proposals=recipe.proposals,
                                     mean=teacher.mean, std=teacher.std, precomputed=precomputed,
-                                    mentions=CaptionMentions(items, concept_names)
+                                    mentions=CaptionMentions(items, concept_names, pool_spacy_model(recipe.concepts))
                                     if recipe.pseudo_labels.candidates == "captions" else None)
 
     @classmethod
@@ -242,12 +242,14 @@ class PretrainTask:
             teacher_features = self.teacher_encoder.trunk(images, layer1)
             teacher_regions = F.normalize(self.teacher_encoder.pool(teacher_features, regions).float(), dim=-1)
         labels = batch.labels
-        candidates = None if batch.mentioned is None else \
+        allowed = None if batch.mentioned is None else \
             candidate_mask(batch.mentioned, counts, len(self.concept_names), device)
         if labels is None:
             rule = LabelRuleConfig(recipe.pseudo_labels.threshold, recipe.losses.temperature)
-            named = assign_pseudo_labels(teacher_regions, self.concepts, rule, candidates=candidates)
-            labels = RegionLabels(named.labels, named.scores, named.scores > rule.threshold)
+            # passed = above the threshold; the "keep all when none pass" fallback is per loss group below
+            named = assign_pseudo_labels(teacher_regions, self.concepts, rule, candidates=allowed,
+                                         any_kept=torch.ones_like)
+            labels = RegionLabels(named.labels, named.scores, named.keep)
         labels = RegionLabels(labels.labels.to(device), labels.scores.to(device), labels.passed.to(device))
         keep = keep_by_group(labels.passed, groups, dist)
         with runtime.autocast():
@@ -259,7 +261,7 @@ class PretrainTask:
         student_whole = torch.stack([e[-1] for e in per_image])
         captions = self._caption_embeddings(batch.captions) if recipe.losses.image_text > 0 else None
         terms = pretraining_losses(student_regions, teacher_regions, self.concepts, labels.labels, keep, groups,
-                                   recipe.losses, dist, student_whole, captions, candidates)
+                                   recipe.losses, dist, student_whole, captions, allowed)
         # Diagnostics: shares of global ratios, so their mean over processes is the global ratio.
         regions_total = dist.all_sum(torch.tensor(float(len(student_regions)), device=device)).clamp(min=1)
         share = dist.world_size / regions_total

@@ -46,7 +46,8 @@ def assign_pseudo_labels(teacher_regions: torch.Tensor, concepts: torch.Tensor,
     """Top-1 concept of each region and whether it is confident enough to contrast against.
 
     `candidates` ([K] or [N, K] bool) limits the softmax to the concepts a region may be labelled
-    with (caption-restricted labels); None means the whole pool, the original's rule.
+    with (caption-restricted labels; a row without any falls back to the pool); None means the
+    whole pool, the original's rule.
 
     `any_kept` turns "did a region here pass?" (a 0-d bool tensor) into the decision; in
     distributed training it asks all ranks, so the fallback to "keep all" is the same decision a
@@ -54,6 +55,7 @@ def assign_pseudo_labels(teacher_regions: torch.Tensor, concepts: torch.Tensor,
     """
     logits = concept_logits(teacher_regions, concepts, spec.temperature)
     if candidates is not None:
+        candidates = candidates | ~candidates.any(dim=-1, keepdim=True)
         logits = logits.masked_fill(~candidates, float("-inf"))
     probabilities = logits.softmax(dim=1)
     scores, labels = probabilities.max(dim=1)

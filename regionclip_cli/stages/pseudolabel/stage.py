@@ -18,7 +18,7 @@ import torch
 from regionclip_cli.core.errors import RegionclipError
 from regionclip_cli.data.images import PRETRAINING_INTERPOLATION, ImageTransform, find_images
 from regionclip_cli.data.proposals import ProposalConfig, ProposalSource, RandomBoxConfig
-from regionclip_cli.data.pseudolabel_shards import ShardConfig, ShardedLabels, digest
+from regionclip_cli.data.pseudolabel_shards import ShardConfig, ShardedLabels, candidates_setting, digest
 from regionclip_cli.stages.pseudolabel.labeler import LabelRuleConfig, label_records
 
 
@@ -87,20 +87,31 @@ def teacher_options(config: PseudoLabelConfig, model_name: str, model_identity: 
     return model_name.removesuffix("-quickgelu") if pretrained else model_name, pretrained
 
 
-def caption_candidates(captions: Path | None, paths: list[Path], concept_names: list[str]):
-    """(image path -> [K] mask of the concepts its captions name, images labelled from the whole
-    pool) for `--captions`; (None, 0) without it."""
-    if captions is None:
-        return None, 0
-    from regionclip_cli.data.captions import match_captions
-    from regionclip_cli.stages.concepts.mentions import CaptionMentions, mention_mask
+class CaptionCandidates:
+    """`--captions`: per image, the [K] mask of the concepts its captions name (the whole pool for
+    an image without captions); parsed shard by shard, so a rerun parses only what it labels."""
 
-    if not Path(captions).is_file():
-        raise RegionclipError(f"--captions {captions}: no such file")
-    items, _ = match_captions(paths, Path(captions))
-    mentioned = CaptionMentions(items, concept_names).for_images(range(len(items)))
-    masks = {item.path: mention_mask(named, len(concept_names)) for item, named in zip(items, mentioned)}
-    return masks.get, sum(1 for named in mentioned if len(named) == 0)
+    def __init__(self, captions: Path, paths: list[Path], concepts: Path, concept_names: list[str]):
+        from regionclip_cli.data.captions import match_captions
+        from regionclip_cli.stages.concepts.mentions import CaptionMentions, pool_spacy_model
+
+        if not Path(captions).is_file():
+            raise RegionclipError(f"--captions {captions}: no such file")
+        items, _ = match_captions(paths, Path(captions))
+        self.uncaptioned = sum(1 for item in items if not item.captions)
+        if self.uncaptioned == len(items):
+            raise RegionclipError(f"--captions {captions}: no caption matches an image given (file names differ?)")
+        self.position = {path: i for i, path in enumerate(paths)}
+        self.mentions = CaptionMentions(items, concept_names, pool_spacy_model(concepts))
+        self.pool_size = len(concept_names)
+
+    def prepare(self, shard_paths: list[Path]) -> None:
+        self.mentions.for_images([self.position[p] for p in shard_paths])
+
+    def __call__(self, path: Path) -> torch.Tensor:
+        from regionclip_cli.stages.concepts.mentions import mention_mask
+
+        return mention_mask(self.mentions.for_images([self.position[path]])[0], self.pool_size)
 
 
 def run(config: PseudoLabelConfig, reporter: Reporter | None = None) -> PseudoLabelResult:
@@ -121,6 +132,8 @@ def run(config: PseudoLabelConfig, reporter: Reporter | None = None) -> PseudoLa
         "file" if config.boxes is not None else "random", config.boxes,
         RandomBoxConfig(count=config.regions, seed=config.seed), max_boxes=config.regions))
     proposals.check(paths)
+    candidates = None if config.captions is None else \
+        CaptionCandidates(config.captions, paths, config.concepts, pool.names)
     model, pretrained = teacher_options(config, pool.model_name, pool.model_identity)
     try:
         clip = load_clip(model, pretrained=pretrained, weights=config.weights, device=resolve_device(config.device))
@@ -130,14 +143,13 @@ def run(config: PseudoLabelConfig, reporter: Reporter | None = None) -> PseudoLa
         raise RegionclipError(f"{error} (the teacher {pool.model_identity} comes from --concepts "
                               f"{config.concepts}; pass --model/--weights to choose another)") from None
     check_matches(pool, clip, origin=f"--concepts {config.concepts}")
-    candidates, uncaptioned = caption_candidates(config.captions, paths, pool.names)
     settings = ShardConfig(
         model_identity=clip.identity, concepts=digest(pool.names),
         proposals=f"file:{Path(config.boxes).resolve()}" if config.boxes else "random",
         regions_per_image=config.regions, threshold=config.rule.threshold,
         temperature=config.rule.temperature, seed=config.seed, shard_size=config.shard_size,
         images=digest([str(p.resolve()) for p in paths]),
-        candidates="pool" if config.captions is None else f"captions:{digest([Path(config.captions).read_text(encoding='utf-8')])}")
+        candidates=candidates_setting(config.captions))
     shards = ShardedLabels(config.out, settings, paths, overwrite=config.overwrite)
     encoder = frozen_region_encoder(clip.model.visual)
     # Pseudo labels stand in for the ones `pretrain` computes on the fly: resized as it resizes.
@@ -152,6 +164,8 @@ def run(config: PseudoLabelConfig, reporter: Reporter | None = None) -> PseudoLa
     try:
         for index in pending:
             shard_paths = shards.shard_images(index)
+            if candidates is not None:
+                candidates.prepare(shard_paths)
             embedded = embed_regions(encoder, transform, proposals, shard_paths, device=clip.device,
                                      batch_size=config.batch_size)
             shards.write_shard(index, label_records(embedded, concepts, config.rule, pool.names, box_problems,
@@ -172,8 +186,8 @@ def run(config: PseudoLabelConfig, reporter: Reporter | None = None) -> PseudoLa
     failures = list(missing) + [r["error"] for r in records if "error" in r]
     notes = []
     if config.captions is not None:
-        notes.append(f"labels among the concepts each image's captions name (--captions); {uncaptioned} "
-                     "image(s) without a caption row or a named concept were labelled from the whole pool")
+        notes.append(f"labels among the concepts each image's captions name (--captions); {candidates.uncaptioned} "
+                     "image(s) without captions, and any whose captions name no concept, from the whole pool")
     if proposals.is_random:
         notes.append("random proposals: right for pseudo labels and region features; pictures show each "
                      "image's most confident non-overlapping regions")
