@@ -192,3 +192,21 @@ def test_detector_trains_with_a_frozen_eval_rpn_and_detects_with_any_vocabulary(
         assert set(output) == {"boxes", "labels", "scores"}
         assert len(output["boxes"]) <= 100 and (output["labels"] < 6).all()
         assert (output["boxes"][:, 2] <= image.shape[-1]).all()
+
+
+def test_normalized_box_input_makes_box_deltas_independent_of_the_feature_scale():
+    """`detector.box_regression_input: normalized`: the regression sees unit features x sqrt(D),
+    so a tower whose outputs are 1,000x longer predicts the same deltas (raw: 1,000x larger)."""
+    torch.manual_seed(0)
+    features = torch.randn(5, 16)
+    names = torch.randn(3, 16)
+    normalized = OpenVocabularyPredictor(names, 16, normalize_box_input=True)
+    raw = OpenVocabularyPredictor(names, 16)
+    raw.load_state_dict(normalized.state_dict())
+    logits, deltas = normalized(features)
+    logits_big, deltas_big = normalized(features * 1000)
+    torch.testing.assert_close(deltas, deltas_big)
+    torch.testing.assert_close(logits, logits_big)
+    unit = torch.nn.functional.normalize(features, dim=-1) * 4.0
+    torch.testing.assert_close(deltas, raw(unit)[1])
+    torch.testing.assert_close(raw(features * 1000)[1], raw(features)[1] * 1000, rtol=1e-4, atol=1e-5)

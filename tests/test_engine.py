@@ -63,7 +63,7 @@ class LinearTask:
 def trainer(iterations=6, **optimizer):
     runtime = Runtime(DistributedContext(0, 1, torch.device("cpu")))
     train = TrainConfig(iterations=iterations, batch_size=8, checkpoint_every=2, log_every=1)
-    config = OptimizerConfig(lr=0.05, warmup_iterations=2, steps=[4], clip_grad_norm=1.0, **optimizer)
+    config = OptimizerConfig(**{"lr": 0.05, "warmup_iterations": 2, "steps": [4], "clip_grad_norm": 1.0, **optimizer})
     return Trainer(LinearTask(runtime), runtime, train=train, optimizer=config)
 
 
@@ -199,3 +199,20 @@ def test_progress_bar_keeps_count_rate_and_eta_at_narrow_widths(width):
     line = console.file.getvalue().splitlines()[0]
     assert "3/1200" in line and " it/s" in line and "0:00:00" in line
     assert len(line) <= width
+
+
+def test_a_diverged_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
+    """lr 1e6 without clipping: the toy regression overflows to inf/nan within a few steps; the
+    run stops with one line naming the iteration, logs the bad row, and exports nothing."""
+    run = trainer(iterations=40, lr=1e6, clip_grad_norm=None)
+    with pytest.raises(RegionclipError) as caught:
+        run.fit(RunFolder(tmp_path, "model.pt"), recipe={}, resumed=False, progress=False)
+    message = str(caught.value)
+    logged = rows(tmp_path / "metrics.jsonl")
+    bad = logged[-1]["iteration"]
+    assert f"at iteration {bad} " in message and "lower optimizer.lr" in message and "\n" not in message
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in logged[:-1])
+    assert not (tmp_path / "model.pt").exists()
+    if bad > 2:
+        assert load_state(tmp_path / "checkpoints" / "last.pt")["iteration"] == (bad - 1) // 2 * 2
+        assert "is the last good checkpoint" in message

@@ -10,6 +10,7 @@ checkpoint). A resumed run restores model, optimiser and iteration and continues
 
 from __future__ import annotations
 
+import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -18,12 +19,24 @@ from typing import Any, Callable
 
 import torch
 
+from regionclip_cli.core.errors import RegionclipError
 from regionclip_cli.engine.checkpoints import save_state
 from regionclip_cli.engine.config import OptimizerConfig, TrainConfig
 from regionclip_cli.engine.optim import build_optimizer, lr_at, set_lr
 from regionclip_cli.engine.runs import MetricsLog, RunFolder
 from regionclip_cli.engine.stop import StopRequest
 from regionclip_cli.engine.task import Runtime, Task
+
+
+class DivergedError(RegionclipError):
+    """The loss became NaN or infinite: training stops rather than write a broken model."""
+
+    def __init__(self, iteration: int, stats: dict[str, float], last_saved: tuple[Path, int] | None):
+        terms = ", ".join(f"{k} {v:.4g}" for k, v in stats.items() if k not in ("loss", "lr"))
+        kept = (f"{last_saved[0]} (iteration {last_saved[1]}) is the last good checkpoint"
+                if last_saved else "no checkpoint was written in this run")
+        super().__init__(f"the loss is {stats['loss']} at iteration {iteration} ({terms}); training stopped and "
+                         f"{kept}; lower optimizer.lr (or optimizer.clip_grad_norm)")
 
 
 @dataclass
@@ -53,6 +66,7 @@ class Trainer:
         device_type = runtime.device.type
         self.scaler = torch.amp.GradScaler(device_type, enabled=runtime.autocast_dtype == torch.float16)
         self.iteration = 0
+        self._last_saved: tuple[Path, int] | None = None  # the latest training-state checkpoint
 
     def step(self, iteration: int, batch: Any = None) -> dict[str, float]:
         """One optimisation step at `iteration`; returns its global figures (losses, lr, grad norm).
@@ -101,6 +115,7 @@ class Trainer:
     def save(self, path: Path, finished_iterations: int) -> None:
         save_state(path, model_state=self.task.state_dict(), optimizer=self.optimizer,
                    iteration=finished_iterations, metadata=self.task.metadata(), scaler=self.scaler)
+        self._last_saved = (path, finished_iterations)
 
     def fit(self, folder: RunFolder, *, recipe: dict[str, Any], resumed: bool, progress: bool,
             log: Callable[[str], None] = print) -> FitOutcome:
@@ -130,6 +145,10 @@ class Trainer:
                 if iteration + 1 < train.iterations:
                     upcoming = prefetch.submit(self.task.batch, iteration + 1)
                 stats = self.step(iteration, batch)
+                if not math.isfinite(stats["loss"]):
+                    if metrics is not None:
+                        metrics.write({"iteration": iteration + 1, **stats})
+                    raise DivergedError(iteration + 1, stats, self._last_saved)
                 iteration += 1
                 stats["images_per_second"] = (iteration - start) * train.batch_size / (time.perf_counter() - started)
                 reporter.update(iteration, stats)

@@ -23,14 +23,17 @@ class OpenVocabularyPredictor(nn.Module):
     The class embeddings are a frozen buffer (L2-normalised), so `set_vocabulary` swaps them
     without touching anything that trained. The background is the original's frozen all-zero
     embedding: its logit is 0 for every region, the last column. Box regression is
-    `Linear(D, 4)` initialised with std 0.001 and zero bias, as the original.
+    `Linear(D, 4)` initialised with std 0.001 and zero bias, as the original, on the raw feature
+    or (`normalize_box_input`) on the unit feature × sqrt(D), whose scale no tower can change.
     """
 
-    def __init__(self, class_embeddings: torch.Tensor, input_dim: int, temperature: float = 0.01):
+    def __init__(self, class_embeddings: torch.Tensor, input_dim: int, temperature: float = 0.01,
+                 normalize_box_input: bool = False):
         super().__init__()
         self.input_dim = input_dim
         self.temperature = temperature
         self.register_buffer("class_embeddings", self._checked(class_embeddings), persistent=False)
+        self.normalize_box_input = normalize_box_input
         self.bbox_pred = nn.Linear(input_dim, 4)
         nn.init.normal_(self.bbox_pred.weight, std=0.001)
         nn.init.zeros_(self.bbox_pred.bias)
@@ -62,9 +65,11 @@ class OpenVocabularyPredictor(nn.Module):
         """
         with torch.autocast(features.device.type, enabled=False):
             features = features.float()
-            cosine = F.normalize(features, dim=-1) @ self.class_embeddings.t()
+            unit = F.normalize(features, dim=-1)
+            cosine = unit @ self.class_embeddings.t()
             logits = torch.cat([cosine, cosine.new_zeros(cosine.shape[0], 1)], dim=1) / self.temperature
-            return logits, self.bbox_pred(features)
+            box_input = unit * features.shape[-1] ** 0.5 if self.normalize_box_input else features
+            return logits, self.bbox_pred(box_input)
 
 
 def sample_regions(proposals: torch.Tensor, gt_boxes: torch.Tensor, gt_labels: torch.Tensor,

@@ -16,7 +16,7 @@ pixels both ways, labels index the current vocabulary.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Literal, Sequence
 
 import torch
 from torch import nn
@@ -44,6 +44,10 @@ class DetectorConfig:
     box_weights: list[float] = field(default_factory=lambda: [10.0, 10.0, 5.0, 5.0])
     focal_gamma: float = 0.5  # 0: plain (weighted) cross-entropy
     background_weight: float = 0.2
+    # raw: box deltas from the attention pool's output, as the original. normalized: from it
+    # L2-normalised and scaled by sqrt(D), for towers whose outputs are far from CLIP RN50's scale
+    # (world-tiny's have norms near 1,500: at lr 0.002 the raw regression diverges in 40 steps).
+    box_regression_input: Literal["raw", "normalized"] = "raw"
 
     def __post_init__(self) -> None:
         if self.temperature <= 0 or self.proposals < 1 or self.regions_per_image < 1:
@@ -65,7 +69,8 @@ class OpenVocabularyDetector(nn.Module):
         self.proposal_network = freeze(proposal_network)
         self.proposal_network.set_test_limits(config.rpn_nms_threshold, config.proposals)
         self.encoder = RegionEncoder(visual)
-        self.predictor = OpenVocabularyPredictor(class_embeddings, self.encoder.output_dim, config.temperature)
+        self.predictor = OpenVocabularyPredictor(class_embeddings, self.encoder.output_dim, config.temperature,
+                                                 normalize_box_input=config.box_regression_input == "normalized")
         self.box_coder = BoxCoder(tuple(config.box_weights))
 
     def train(self, mode: bool = True) -> OpenVocabularyDetector:
