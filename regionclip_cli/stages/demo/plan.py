@@ -2,9 +2,10 @@
 
 The demo exists to teach the pipeline, so each step is a command line — printed, then run through
 the same entry point as in a shell — and the file that step finishes with is what lets a rerun skip
-it. The full size finishes in about 2 minutes on 2 CPU cores (122 and 136 s measured); with the
-shipped teacher (region top-1 about 21 %) the student's gain is inside the noise (47 vs 45 of 204
-boxes in the last run), and the demo's last line says how many boxes each got right.
+it. The full size finishes in under 2 minutes on 2 CPU cores (104 s measured). Its student gets
+52 of 204 held-out boxes right against the teacher's 45 (novel 28.6 vs 20.4 %). The demo labels
+random boxes, so it needs no RPN. 400 images and 200 iterations took 242 s and got 51, no better.
+The demo's last line says how many boxes each model got right.
 """
 
 from __future__ import annotations
