@@ -101,30 +101,34 @@ def test_finetune_trains_evaluates_and_resumes_exactly(cli, small_world, rpn_fil
 def test_two_process_ddp_matches_one_process(cli, small_world, rpn_file, tmp_path):
     # Batch 2 on one process, and one image on each of two: the same global batch, the same
     # region draws (seeded per image, not per process) and the same loss normalisation, so every
-    # step's figures and the final weights agree. A huge clip_grad_norm logs the gradient norm
-    # without clipping, a check of each step's global gradient too.
+    # step's figures and the final weights agree.
+    assert_two_processes_match_one(cli, "finetune", lambda out: finetune_recipe(small_world, rpn_file, out, iterations=2),
+                                   tmp_path, "detector.pt", ("loss_cls", "loss_box_reg"), port=29534)
+
+
+def assert_two_processes_match_one(cli, command: str, recipe_at, tmp_path: Path, artefact: str,
+                                   losses: tuple[str, ...], port: int) -> None:
+    """`command` on one process (batch 2) and under torchrun on two (one image each): every
+    step's figures within 1e-5 and the final weights within 1e-6. A huge clip_grad_norm logs the
+    gradient norm without clipping, a check of each step's global gradient too."""
     overrides = ["--set", "data.test=null", "--set", "optimizer.clip_grad_norm=1.0e6"]
-    single = tmp_path / "single"
-    code, _, err = cli("finetune", finetune_recipe(small_world, rpn_file, single, iterations=2), "-q", *overrides)
+    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    code, _, err = cli(command, recipe_at(single), "-q", *overrides)
     assert code == 0, err
-    ddp = tmp_path / "ddp"
-    recipe = finetune_recipe(small_world, rpn_file, ddp, iterations=2)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29534",
-         "-m", "regionclip_cli", "finetune", str(recipe), "-q", *overrides],
-        capture_output=True, text=True, env=env, timeout=600)
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+         "-m", "regionclip_cli", command, str(recipe_at(ddp)), "-q", *overrides],
+        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     rows_a, rows_b = metrics(single), metrics(ddp)
     assert [r["iteration"] for r in rows_b] == [1, 2]
     for row_a, row_b in zip(rows_a, rows_b, strict=True):
-        for key in ("loss", "loss_cls", "loss_box_reg", "grad_norm", "lr"):
+        for key in ("loss", *losses, "grad_norm", "lr"):
             assert row_a[key] == pytest.approx(row_b[key], rel=1e-5, abs=1e-7), (key, row_a, row_b)
-    sa = load_checkpoint(single / "detector.pt").state_dict
-    sb = load_checkpoint(ddp / "detector.pt").state_dict
+    sa = load_checkpoint(single / artefact).state_dict
+    sb = load_checkpoint(ddp / artefact).state_dict
     assert sa.keys() == sb.keys()
-    worst = max((sa[k].float() - sb[k].float()).abs().max().item() for k in sa)
-    assert worst < 1e-6
+    assert max((sa[k].float() - sb[k].float()).abs().max().item() for k in sa) < 1e-6
 
 
 def test_finetuned_detector_loads_for_any_vocabulary(cli, small_world, rpn_file, tmp_path):
@@ -167,27 +171,8 @@ def test_rpn_two_process_ddp_matches_one_process(cli, small_world, tmp_path):
     # from its own seed (by global-batch position), and both losses are sums over an image's
     # sampled anchors divided by batch_size_per_image per image, so two processes of one image
     # train exactly as one process of two.
-    overrides = ["--set", "data.test=null", "--set", "optimizer.clip_grad_norm=1.0e6"]
-    single = tmp_path / "single"
-    code, _, err = cli("rpn", rpn_recipe(small_world, single), "-q", *overrides)
-    assert code == 0, err
-    ddp = tmp_path / "ddp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29535",
-         "-m", "regionclip_cli", "rpn", str(rpn_recipe(small_world, ddp)), "-q", *overrides],
-        capture_output=True, text=True, env=env, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    rows_a, rows_b = metrics(single), metrics(ddp)
-    assert [r["iteration"] for r in rows_b] == [1, 2]
-    for row_a, row_b in zip(rows_a, rows_b, strict=True):
-        for key in ("loss", "loss_objectness", "loss_rpn_box_reg", "grad_norm", "lr"):
-            assert row_a[key] == pytest.approx(row_b[key], rel=1e-5, abs=1e-7), (key, row_a, row_b)
-    sa = load_checkpoint(single / "rpn.pt").state_dict
-    sb = load_checkpoint(ddp / "rpn.pt").state_dict
-    assert sa.keys() == sb.keys()
-    worst = max((sa[k].float() - sb[k].float()).abs().max().item() for k in sa)
-    assert worst < 1e-6
+    assert_two_processes_match_one(cli, "rpn", lambda out: rpn_recipe(small_world, out), tmp_path, "rpn.pt",
+                                   ("loss_objectness", "loss_rpn_box_reg"), port=29535)
 
 
 def _write_world_copy(world: Path, tmp_path: Path, edit) -> Path:

@@ -17,7 +17,7 @@ def pseudolabel(
     pretrained: Annotated[Optional[str], typer.Option(help="Teacher's open_clip pretrained tag, e.g. openai.")] = None,
     weights: Annotated[Optional[Path], typer.Option(help="Teacher's local weights file.")] = None,
     boxes: Annotated[Optional[Path], typer.Option(help="Proposals from a file (COCO JSON, {file: boxes} JSON or JSON Lines) instead of random boxes.")] = None,
-    captions: Annotated[Optional[Path], typer.Option(help="Captions (JSON Lines or COCO captions) of the images: label each image's regions only with the concepts its own captions name, not the whole pool (the original's rule). pretrain: pseudo_labels.candidates: captions.")] = None,
+    captions: Annotated[Optional[Path], typer.Option(help="Captions (JSON Lines or COCO captions) of the images: label each image's regions only with the concepts its own captions name, not the whole pool (the original's rule); the softmax and --threshold are then over those concepts. pretrain: pseudo_labels.candidates: captions.")] = None,
     regions: Annotated[int, typer.Option(min=1, help="Regions per image (random boxes, or sampled from --boxes).")] = 100,
     threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="Regions whose top-1 probability is at most this are marked keep=false (all kept if none pass).")] = 0.1,
     temperature: Annotated[float, typer.Option(min=1e-6, help="Teacher softmax temperature over the pool.")] = 0.01,
