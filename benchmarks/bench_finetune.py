@@ -65,7 +65,7 @@ from regionclip_cli.stages.finetune.runner import read_training_data
 from regionclip_cli.stages.finetune.task import FinetuneTask
 
 from bench_pretrain import SOURCE_SIZE, PhaseClock, duration, write_image  # benchmarks/ (scripts run from there)
-from machine import device_name, synchronize  # benchmarks/machine.py
+from machine import add_training_step_options, device_name, synchronize  # benchmarks/machine.py
 
 PAPER_RECIPE = "finetune-coco-rn50"
 PAPER_IMAGES = 90_000 * 16  # the original's COCO schedule: 90k iterations of batch 16 (8 GPUs x 2)
@@ -74,12 +74,7 @@ BOXES_PER_IMAGE = 6
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    parser.add_argument("--model", default="RN50", help="open_clip ModifiedResNet name (random weights)")
-    parser.add_argument("--batch-size", type=int, default=2, help="images per step")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
-    parser.add_argument("--steps", type=int, default=3, help="timed steps (median reported)")
-    parser.add_argument("--amp", choices=["off", "bf16", "fp16"], default="off", help="autocast dtype of the step")
+    add_training_step_options(parser)
     parser.add_argument("--min-size", type=int, default=800, help="short side of every training image")
     parser.add_argument("--max-size", type=int, default=1333)
     parser.add_argument("--proposals", type=int, default=1000, help="RPN proposals per image")

@@ -54,7 +54,7 @@ from regionclip_cli.engine.distributed import DistributedContext
 from regionclip_cli.engine.loop import Trainer
 from regionclip_cli.engine.task import Runtime, autocast_dtype_for
 
-from machine import device_name, synchronize  # benchmarks/machine.py (scripts run from benchmarks/)
+from machine import add_training_step_options, device_name, synchronize  # benchmarks/machine.py (scripts run from benchmarks/)
 
 PAPER_IMAGES = 600_000 * 96
 PAPER_SECONDS_PER_GPU = 6 * 86_400 * 32
@@ -65,12 +65,7 @@ SOURCE_SIZE = (1000, 600)  # upscaled by the data path to exactly 1333x800
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    parser.add_argument("--model", default="RN50", help="open_clip ModifiedResNet name (random weights)")
-    parser.add_argument("--batch-size", type=int, default=2, help="images per step")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
-    parser.add_argument("--steps", type=int, default=3, help="timed steps (median reported)")
-    parser.add_argument("--amp", choices=["off", "bf16", "fp16"], default="off", help="autocast dtype of the step")
+    add_training_step_options(parser)
     parser.add_argument("--channels-last", action="store_true", help="teacher, student and images channels_last")
     parser.add_argument("--regions", type=int, default=100, help="random regions per image")
     parser.add_argument("--min-size", type=int, default=800)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import platform
 
 import torch
@@ -27,3 +28,13 @@ def device_name(device: torch.device) -> str:
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def add_training_step_options(parser: argparse.ArgumentParser) -> None:
+    """The options every training-step benchmark takes: where, what model, how big, how long."""
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--model", default="RN50", help="open_clip ModifiedResNet name (random weights)")
+    parser.add_argument("--batch-size", type=int, default=2, help="images per step")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps (median reported)")
+    parser.add_argument("--amp", choices=["off", "bf16", "fp16"], default="off", help="autocast dtype of the step")
