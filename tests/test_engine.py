@@ -163,6 +163,16 @@ def test_resume_applies_only_changes_that_keep_steps_exact():
                      origin=lambda key: f"--set {key}")
 
 
+def test_a_resumable_section_allows_every_key_inside_it_and_no_look_alike():
+    """finetune lets `test` (post-processing) change on resume: `test.*` keys, not `test_vocabulary`."""
+    saved = {"test": {"score_threshold": 0.001}, "tests": 1}
+    changed = {"test": {"score_threshold": 0.05}, "tests": 1}
+    lines = check_resume(saved, changed, checkpoint=Path("last.pt"), resumable=["test"])
+    assert lines == ["resume: test.score_threshold 0.001 -> 0.05 (the recipe)"]
+    with pytest.raises(RegionclipError, match="tests 1 -> 2"):
+        check_resume(saved, {**changed, "tests": 2}, checkpoint=Path("last.pt"), resumable=["test"])
+
+
 def test_metrics_log_keeps_rows_up_to_the_resumed_iteration(tmp_path):
     path = tmp_path / "m.jsonl"
     path.write_text('{"iteration": 1}\n{"iteration": 2}\n{"iteration": 3}\n{"iter')

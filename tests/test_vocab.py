@@ -49,6 +49,18 @@ def test_custom_from_string_and_file(tmp_path):
     assert load_vocabulary(str(path)).names == ("star", "heart")
 
 
+def test_a_builtin_split_keeps_its_official_ids_and_unknown_splits_are_named():
+    """`--vocab world:novel`: OVR-CNN's target-only setting, the novel classes without the base ones."""
+    novel = load_vocabulary("world:novel")
+    assert novel.names == ("hexagon", "crescent", "lightning bolt", "teardrop", "hourglass")
+    assert novel.category_ids == (9, 11, 14, 17, 20) and novel.splits["novel"] == novel.category_ids
+    assert len(load_vocabulary("lvis:r")) == 337 and len(load_vocabulary("coco-ovd:base")) == 48
+    with pytest.raises(RegionclipError, match=r"'world' has no split 'rare' \(its splits: world:base, world:novel\)"):
+        load_vocabulary("world:rare")
+    with pytest.raises(RegionclipError, match=r"'coco' has no split 'novel' \(its splits: none\)"):
+        load_vocabulary("coco:novel")
+
+
 def test_unknown_vocabulary_suggests_a_builtin():
     with pytest.raises(RegionclipError, match="did you mean 'lvis'"):
         load_vocabulary("lvsi")

@@ -3,8 +3,10 @@
 Built-ins carry their official category ids (so results are valid against the official
 annotation files) and their evaluation splits: `coco` (80), `coco-ovd` (48 base + 17 novel, the
 OVR-CNN split RegionCLIP reports), `lvis` (1203, frequency groups r/c/f) and `world` (the
-synthetic world, base/novel). Custom vocabularies come from a text file (one name per line) or a
-comma-separated string and are numbered 1..N.
+synthetic world, base/novel). `NAME:SPLIT` is one split of a built-in (`world:novel`,
+`coco-ovd:base`, `lvis:r`) with its official ids: OVR-CNN's "target only" setting, where the
+novel classes are detected without the base classes competing. Custom vocabularies come from a
+text file (one name per line) or a comma-separated string and are numbered 1..N.
 """
 
 from __future__ import annotations
@@ -155,11 +157,20 @@ def vocabulary_from_names(names: list[str], origin: str = "vocabulary") -> Vocab
 
 
 def load_vocabulary(spec: str) -> Vocabulary:
-    """Resolve `--vocab`: a built-in name, a text file (one name per line), or 'a,b,c'."""
+    """Resolve `--vocab`: a built-in name, a built-in's split ('world:novel'), a text file (one
+    name per line), or 'a,b,c'."""
     spec = spec.strip()
     builtins = {"coco": lambda: _coco(False), "coco-ovd": lambda: _coco(True), "lvis": _lvis, "world": _world}
     if spec.lower() in builtins:
         return builtins[spec.lower()]()
+    name, colon, split = spec.partition(":")
+    if colon and name.strip().lower() in builtins and not Path(spec).is_file():
+        vocabulary = builtins[name.strip().lower()]()
+        if split.strip() not in vocabulary.splits:
+            known = ", ".join(f"{vocabulary.name}:{s}" for s in vocabulary.splits) or "none"
+            raise RegionclipError(f"--vocab {spec!r}: the built-in '{vocabulary.name}' has no split "
+                                  f"{split.strip()!r} (its splits: {known})")
+        return vocabulary.subset(split.strip())
     path = Path(spec)
     if path.is_file():
         try:

@@ -85,8 +85,8 @@ def check_resume(saved: dict[str, Any], current: dict[str, Any], *, checkpoint: 
     and dropping a `--set` the user typed would do something else than asked.
     """
     changes = recipe_changes(saved, current)
-    allowed = set(resumable)
-    refused = [c for c in changes if c[0] not in allowed]
+    allowed = tuple(resumable)  # a key, or a section: "test" allows every "test.*" key
+    refused = [c for c in changes if not any(c[0] == a or c[0].startswith(f"{a}.") for a in allowed)]
     if refused:
         listed = "; ".join(f"{key} {old!r} -> {new!r} ({origin(key)})" for key, old, new in refused[:4])
         raise RegionclipError(f"--resume {checkpoint}: the recipe differs from the one the run was started "

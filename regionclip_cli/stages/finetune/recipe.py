@@ -29,7 +29,7 @@ class BoxHeadConfig:
 
     def __post_init__(self) -> None:
         if not 0 <= self.freeze_at <= 5:
-            raise ValueError("box_head.freeze_at must be between 0 (train all) and 5 (freeze all)")
+            raise ValueError("box_head.freeze_at must be between 0 (train all) and 5 (train only the attention pool)")
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,9 @@ class FinetuneConfig:
     box_head: BoxHeadConfig = field(default_factory=BoxHeadConfig)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     test: PostprocessConfig = field(default_factory=PostprocessConfig)
-    test_vocabulary: Optional[str] = None  # null: all of data.vocabulary (base + novel)
+    # null: all of data.vocabulary (base + novel); a split such as world:novel detects the novel
+    # classes alone (OVR-CNN's target-only setting); or any --vocab value
+    test_vocabulary: Optional[str] = None
     templates: str = "ensemble"  # prompts for the class names (as `zeroshot --templates`)
     optimizer: FinetuneOptimizerConfig = field(default_factory=FinetuneOptimizerConfig)
     train: FinetuneTrainConfig = field(default_factory=FinetuneTrainConfig)
