@@ -40,6 +40,20 @@ def test_predictor_is_cosine_over_temperature_with_a_zero_background_and_swaps_v
         predictor.set_vocabulary(torch.randn(4, 512))
 
 
+def test_background_logit_moves_the_background_line_to_a_cosine():
+    """detector.background_logit b: a region is background once every cosine is below b × τ."""
+    classes = torch.eye(3, 8)
+    predictor = OpenVocabularyPredictor(classes, 8, temperature=0.01, background_logit=15.0)
+    features = torch.zeros(2, 8)
+    features[0, 0], features[0, 5] = 0.1, 1.0  # cosine 0.0995 with class 0: below 0.15
+    features[1, 0], features[1, 5] = 0.3, 1.0  # cosine 0.287
+    logits, _ = predictor(features)
+    assert torch.equal(logits[:, 3], torch.full((2,), 15.0))
+    assert logits.argmax(1).tolist() == [3, 0]
+    original = OpenVocabularyPredictor(classes, 8)(features)[0]
+    assert original.argmax(1).tolist() == [0, 0]  # with the original's 0 both are class 0
+
+
 def test_predictor_stays_float32_under_autocast():
     torch.manual_seed(0)
     predictor = OpenVocabularyPredictor(torch.randn(3, 8), 8)

@@ -666,3 +666,16 @@ def test_zeroshot_on_some_of_the_ground_truth_images_says_n_of_m(cli, small_worl
     assert "evaluated on 2 of 8 ground-truth images" in " ".join((stdout + err).split())
     summary = json.loads((out / "metrics.json").read_text())
     assert "evaluated on 2 of 8" in json.dumps(summary)
+
+
+def test_random_labels_keep_localisation_and_lose_recognition():
+    """Perfect boxes with random classes: AP50 falls from 100 to about what 1 class in 20 earns."""
+    from regionclip_cli.evaluation.chance import random_label_levels
+
+    gt = _world_gt(num_images=8)
+    vocabulary = load_vocabulary("world")
+    perfect = _perfect_world(gt)
+    assert evaluate_detections(perfect, gt, vocabulary=vocabulary).metrics["AP50"] == pytest.approx(100.0)
+    levels = random_label_levels(perfect, gt, vocabulary=vocabulary)
+    assert 0.0 <= levels["AP50"] < 25.0
+    assert levels == random_label_levels(perfect, gt, vocabulary=vocabulary)  # seeded: reproducible

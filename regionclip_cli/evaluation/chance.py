@@ -6,7 +6,12 @@ of every box is kept (as `zeroshot --boxes ann.json --score-threshold 0 --nms 1`
 `max_detections` per image. Its AP50 is well above zero on a small vocabulary (ground-truth boxes
 are all in place); its top-1 accuracy is 1/K. Both are averaged over a few seeds.
 
+`random_label_levels` is the same question for a real detector's output (proposals, not
+ground-truth boxes): its boxes and scores kept, each detection's class drawn uniformly. What a
+detector gets beyond that level is recognition; what it gets up to it is localisation alone.
+
 Run it as a small tool:  python -m regionclip_cli.evaluation.chance ANN.json [--split world]
+                         [--detections DETECTIONS.json --vocab world]
 """
 
 from __future__ import annotations
@@ -64,6 +69,25 @@ def random_score_levels(
     return {key: _mean([run[key] for run in runs]) for key in runs[0]}
 
 
+def random_label_levels(
+    detections: Sequence[dict],
+    ground_truth: GroundTruth,
+    *,
+    vocabulary: Vocabulary,
+    image_ids: Sequence[int] | None = None,
+    seeds: Sequence[int] = (0, 1, 2),
+) -> dict[str, float]:
+    """Mean over `seeds` of every AP metric of `detections` (COCO results) with each detection's
+    category replaced by one of the vocabulary's, drawn uniformly; boxes and scores unchanged."""
+    class_ids = np.array(vocabulary.category_ids)
+    runs = []
+    for seed in seeds:
+        drawn = np.random.default_rng(seed).integers(len(class_ids), size=len(detections))
+        relabelled = [{**row, "category_id": int(class_ids[k])} for row, k in zip(detections, drawn)]
+        runs.append(evaluate_detections(relabelled, ground_truth, vocabulary=vocabulary, image_ids=image_ids).metrics)
+    return {key: _mean([run[key] for run in runs]) for key in runs[0]}
+
+
 def _mean(values: list[float]) -> float:
     finite = [v for v in values if not math.isnan(v)]
     return sum(finite) / len(finite) if finite else math.nan
@@ -75,9 +99,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("ground_truth")
     parser.add_argument("--split", choices=SPLIT_NAMES, default=None)
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--detections", help="a COCO results JSON: the random-label level of its boxes and scores")
+    parser.add_argument("--vocab", default="world", help="the vocabulary the detections were made with")
     args = parser.parse_args(argv)
     try:
-        levels = random_score_levels(args.ground_truth, split=args.split, seeds=range(args.seeds))
+        if args.detections:
+            from regionclip_cli.data.coco import read_json
+            from regionclip_cli.data.vocab import load_vocabulary
+
+            ground_truth = read_json(args.ground_truth, args.ground_truth)
+            levels = random_label_levels(read_json(args.detections, args.detections), ground_truth,
+                                         vocabulary=load_vocabulary(args.vocab), seeds=range(args.seeds),
+                                         image_ids=[image["id"] for image in ground_truth["images"]])
+        else:
+            levels = random_score_levels(args.ground_truth, split=args.split, seeds=range(args.seeds))
     except RegionclipError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

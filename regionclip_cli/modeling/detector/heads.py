@@ -25,13 +25,18 @@ class OpenVocabularyPredictor(nn.Module):
     embedding: its logit is 0 for every region, the last column. Box regression is
     `Linear(D, 4)` initialised with std 0.001 and zero bias, as the original, on the raw feature
     or (`normalize_box_input`) on the unit feature × sqrt(D), whose scale no tower can change.
+
+    `background_logit` replaces the background's 0 (the all-zero embedding) by a constant: with
+    0, a background region needs a negative cosine with every training class, and training moves
+    all features away from the training classes; with b, it needs only cosines below b × τ.
     """
 
     def __init__(self, class_embeddings: torch.Tensor, input_dim: int, temperature: float = 0.01,
-                 normalize_box_input: bool = False):
+                 normalize_box_input: bool = False, background_logit: float = 0.0):
         super().__init__()
         self.input_dim = input_dim
         self.temperature = temperature
+        self.background_logit = background_logit
         self.register_buffer("class_embeddings", self._checked(class_embeddings), persistent=False)
         self.normalize_box_input = normalize_box_input
         self.bbox_pred = nn.Linear(input_dim, 4)
@@ -67,7 +72,8 @@ class OpenVocabularyPredictor(nn.Module):
             features = features.float()
             unit = F.normalize(features, dim=-1)
             cosine = unit @ self.class_embeddings.t()
-            logits = torch.cat([cosine, cosine.new_zeros(cosine.shape[0], 1)], dim=1) / self.temperature
+            background = cosine.new_full((cosine.shape[0], 1), self.background_logit)
+            logits = torch.cat([cosine / self.temperature, background], dim=1)
             box_input = unit * features.shape[-1] ** 0.5 if self.normalize_box_input else features
             return logits, self.bbox_pred(box_input)
 

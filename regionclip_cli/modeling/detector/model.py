@@ -48,6 +48,9 @@ class DetectorConfig:
     # L2-normalised and scaled by sqrt(D), for towers whose outputs are far from CLIP RN50's scale
     # (world-tiny's have norms near 1,500: at lr 0.002 the raw regression diverges in 40 steps).
     box_regression_input: Literal["raw", "normalized"] = "raw"
+    # The background class's logit: the original's all-zero embedding gives 0 (a region is
+    # background when its cosine with every class is negative); b moves that line to cosine b × τ.
+    background_logit: float = 0.0
 
     def __post_init__(self) -> None:
         if self.temperature <= 0 or self.proposals < 1 or self.regions_per_image < 1:
@@ -70,7 +73,8 @@ class OpenVocabularyDetector(nn.Module):
         self.proposal_network.set_test_limits(config.rpn_nms_threshold, config.proposals)
         self.encoder = RegionEncoder(visual)
         self.predictor = OpenVocabularyPredictor(class_embeddings, self.encoder.output_dim, config.temperature,
-                                                 normalize_box_input=config.box_regression_input == "normalized")
+                                                 normalize_box_input=config.box_regression_input == "normalized",
+                                                 background_logit=config.background_logit)
         self.box_coder = BoxCoder(tuple(config.box_weights))
 
     def train(self, mode: bool = True) -> OpenVocabularyDetector:
