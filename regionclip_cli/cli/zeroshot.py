@@ -16,7 +16,7 @@ class ProposalSource(str, Enum):
 
 def zeroshot(
     images: Annotated[list[Path], typer.Argument(help="Image files or folders (searched recursively).", show_default=False)],
-    vocab: Annotated[str, typer.Option("--vocab", "-v", help="Class names: coco, coco-ovd, lvis, world, a text file (one name per line) or 'cat,dog,fire hydrant'.")] = "coco",
+    vocab: Annotated[str, typer.Option("--vocab", "-v", help="Class names: coco, coco-ovd, lvis, world, one split of these (world:novel, lvis:r), a text file (one name per line) or 'cat,dog,fire hydrant'.")] = "coco",
     out: Annotated[Path, typer.Option(help="Output folder: detections.jsonl, detections_coco.json, pictures/, features/, metrics.json.")] = Path("runs/zeroshot"),
     model: Annotated[Optional[str], typer.Option(help="open_clip model name (ResNet family: RN50, RN50x4, ...; world-tiny is the built-in synthetic-world teacher). [default: RN50, or the model a --weights checkpoint names]", show_default=False)] = None,
     pretrained: Annotated[Optional[str], typer.Option(help="open_clip pretrained tag, e.g. openai (downloads on a connected machine).")] = None,
