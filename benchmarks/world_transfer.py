@@ -8,9 +8,9 @@ runs, as a user would:
     regionclip world generate WORK/world-test --images 200 --seed 3
     regionclip zeroshot WORK/world-test/images --vocab world --model world-tiny [--weights WORK/runs/seedS/student.pt] \\
         --proposals rpn --rpn WORK/runs/world-rpn/rpn.pt --gt WORK/world-test/annotations.json ...
-    regionclip finetune finetune-world --set train.seed=S --set output=WORK/runs/ft-teacher-S ...           (a)
+    regionclip finetune finetune-world --set train.seed=S --set output=WORK/runs/finetune-teacher-S ...     (a)
     regionclip finetune finetune-world --set box_head.weights=WORK/runs/seedS/student.pt --set train.seed=S \\
-        --set output=WORK/runs/ft-student-S ...                                                              (b)
+        --set output=WORK/runs/finetune-student-S ...                                                            (b)
 
 then prints AP50 all / base / novel of each on WORK/world-test, the mean and
 min–max over seeds, and beside every figure its random-label level: the same detections with
