@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 
 from regionclip_cli.core.errors import RegionclipError
-from regionclip_cli.data.captions import sample_generator
+from regionclip_cli.data.captions import global_batch_indices, sample_generator
 from regionclip_cli.data.vocab import Vocabulary
 
 
@@ -227,7 +227,6 @@ class TrainingBatches:
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="regionclip-detdata") if workers > 0 else None
 
     def _sample(self, iteration: int, position: int, index: int):
-        from regionclip_cli.data.captions import sample_generator
         from regionclip_cli.data.images import ResizeConfig, load_image, resize_for_model, to_model_tensor
 
         item = self.images[index]
@@ -244,8 +243,6 @@ class TrainingBatches:
         return tensor, {"boxes": boxes * scale, "labels": item.labels.clone()}
 
     def __call__(self, iteration: int) -> DetectionBatch:
-        from regionclip_cli.data.captions import global_batch_indices
-
         picks = global_batch_indices(len(self.order), self.batch_size, iteration, self.seed)
         jobs = [(iteration, position, self.order[picks[position]]) for position in self.positions]
         if self._pool is None:
