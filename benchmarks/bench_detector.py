@@ -63,7 +63,7 @@ def main() -> None:
     device = torch.device(args.device)
     detector = build(args, device)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
-    autocast = (torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext)
+    autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else contextlib.nullcontext
     image = [torch.rand(3, args.height, args.width, device=device)]
     phases = ("rpn", "trunk", "roi_align", "layer4+pool", "postprocess")
     times: dict[str, list[float]] = {p: [] for p in phases}

@@ -235,7 +235,9 @@ class ProposalNetwork(nn.Module):
 
     def _sample(self, labels: list[torch.Tensor], seeds: Sequence[int] | None):
         """torchvision's balanced sampler; with `seeds`, run on each image alone under its seed
-        (global generator state restored after), so an image's draw ignores the other images."""
+        (global generator state restored after), so an image's draw ignores the other images.
+        The draw is made on the CPU: CUDA's generator permutes differently, and a run on a GPU
+        should sample the anchors a CPU run samples."""
         sampler = self.rpn.fg_bg_sampler
         if seeds is None:
             return sampler(labels)
@@ -243,12 +245,11 @@ class ProposalNetwork(nn.Module):
             raise ValueError(f"{len(seeds)} seeds for {len(labels)} images")
         positive, negative = [], []
         for image_labels, seed in zip(labels, seeds):
-            device = image_labels.device
-            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
-                (image_positive,), (image_negative,) = sampler([image_labels])
-            positive.append(image_positive)
-            negative.append(image_negative)
+                (image_positive,), (image_negative,) = sampler([image_labels.cpu()])
+            positive.append(image_positive.to(image_labels.device))
+            negative.append(image_negative.to(image_labels.device))
         return positive, negative
 
 
