@@ -72,6 +72,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--max-size", type=int, default=1333)
     parser.add_argument("--concepts", type=int, default=4764, help="concept pool size (the paper's COCO pool: 4,764)")
     parser.add_argument("--images", type=int, default=8, help="distinct JPEGs in the workspace (cycled)")
+    parser.add_argument("--loader-workers", type=int, default=2, help="train.loader_workers: decode/resize threads")
     parser.add_argument("--profile", action="store_true", help="instrument extra steps: time per phase")
     parser.add_argument("--profile-steps", type=int, default=1, help="steps the phase profile sums over")
     parser.add_argument("--op-table", type=int, default=0, metavar="N",
@@ -140,7 +141,8 @@ def build_workspace(root: Path, args: argparse.Namespace, device: torch.device) 
         proposals=ProposalsConfig(regions_per_image=args.regions),
         train=PretrainTrainConfig(iterations=args.warmup + args.steps + args.profile_steps + 2,
                                   batch_size=args.batch_size, min_size=args.min_size, max_size=args.max_size,
-                                  amp=args.amp, channels_last=args.channels_last, seed=args.seed),
+                                  amp=args.amp, channels_last=args.channels_last, seed=args.seed,
+                                  loader_workers=args.loader_workers),
         output=root / "run",
         device=str(device),
     )
@@ -445,7 +447,8 @@ def main() -> None:
               f"{args.min_size}x{args.max_size} (source {SOURCE_SIZE[0]}x{SOURCE_SIZE[1]} JPEGs, bicubic up), "
               f"{args.regions} regions/image + 1 whole-image box, {args.concepts} concepts; device {device} "
               f"({device_name(device)}), {torch.get_num_threads()} threads, amp {args.amp}, channels_last "
-              f"{args.channels_last}, torch {torch.__version__}; workspace {setup_seconds:.0f} s "
+              f"{args.channels_last}, {args.loader_workers} loader threads, torch {torch.__version__}; "
+              f"workspace {setup_seconds:.0f} s "
               f"(concept embedding {embed_seconds:.0f} s)")
         iteration = 0
         for _ in range(args.warmup):
