@@ -13,8 +13,10 @@ from regionclip_cli.stages.demo.plan import DemoConfig, demo_steps
 def test_demo_steps_are_the_pipeline_in_order(tmp_path):
     steps = demo_steps(DemoConfig(out=tmp_path, quick=True))
     commands = [step.argv[0] if step.argv[0] != "world" else "world " + step.argv[1] for step in steps]
-    assert commands == ["world generate", "world generate", "concepts", "pseudolabel", "pretrain",
+    assert commands == ["world generate", "world generate", "rpn", "concepts", "pseudolabel", "pretrain",
                         "zeroshot", "zeroshot"]
+    rpn, pseudolabel = steps[2], steps[4]
+    assert str(rpn.done) in pseudolabel.argv  # the teacher labels the RPN's regions
     assert all(step.command.startswith("regionclip ") for step in steps)
     # the student is evaluated on the teacher's images, boxes and prompts: only the weights differ
     teacher, student = steps[-2].argv, steps[-1].argv
@@ -59,6 +61,6 @@ def test_demo_rerun_skips_finished_steps(quick_demo, cli):
     out, _ = quick_demo
     code, stdout, stderr = cli("demo", "--quick", "--out", out, "--device", "cpu")
     assert code == 0
-    assert stderr.count("skipped") == 7
-    assert "0 steps run, 7 skipped" in stdout
+    assert stderr.count("skipped") == 8
+    assert "0 steps run, 8 skipped" in stdout
     assert "teacher" in stdout and "student" in stdout and "chance" in stdout

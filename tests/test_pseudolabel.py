@@ -103,3 +103,39 @@ def test_captions_restrict_each_images_labels_to_the_concepts_it_names(cli, smal
         assert used <= named, (record["file"], used - named)
         labelled |= used
     assert len(labelled) > 3
+
+
+def test_rpn_proposals_are_the_best_boxes_after_nms_and_recorded(cli, small_world, world_concepts, tmp_path):
+    import torch
+    from torchvision.ops import box_iou
+
+    from regionclip_cli.modeling.checkpoints import save_checkpoint
+    from regionclip_cli.modeling.clip import load_clip
+    from regionclip_cli.modeling.rpn import RPNConfig, build_proposal_network, rpn_checkpoint
+
+    torch.manual_seed(0)
+    clip = load_clip("world-tiny", random_init=True)
+    network = build_proposal_network(RPNConfig(anchor_sizes=[16, 32, 64]), clip_visual=clip.model.visual,
+                                     mean=clip.mean, std=clip.std)
+    rpn = tmp_path / "rpn.pt"
+    save_checkpoint(rpn, rpn_checkpoint(network, "world-tiny", {}))
+    out = tmp_path / "labels"
+    args = ["pseudolabel", small_world / "images", "--concepts", world_concepts, "--model", "world-tiny",
+            "--rpn", rpn, "--regions", "6", "--out", out, "--pictures", "0", "--device", "cpu", "-q"]
+    code, _, err = cli(*args)
+    assert code == 0, err
+    assert "random proposals" not in err
+    setting = json.loads((out / "manifest.json").read_text())["settings"]["proposals"]
+    assert setting.startswith("rpn:") and setting.endswith("@nms0.5,6")
+    rows = records(out)
+    assert len(rows) == 8 and all(1 <= len(r["regions"]) <= 6 for r in rows)
+    assert sum(len(r["regions"]) for r in rows) > 8  # an untrained RPN still proposes several boxes
+    for row in rows:
+        boxes = torch.tensor([region["box"] for region in row["regions"]])
+        overlaps = box_iou(boxes, boxes).fill_diagonal_(0)
+        assert overlaps.max() <= 0.5 + 1e-4  # NMS at --rpn-nms held, in original pixels too
+
+    code, _, err = cli(*args, "--rpn-nms", "0.7")
+    assert code == 2 and "other settings" in err
+    code, _, err = cli(*args, "--boxes", small_world / "annotations.json", "--overwrite")
+    assert code == 2 and "--boxes and --rpn" in err and "Traceback" not in err

@@ -17,8 +17,10 @@ def pseudolabel(
     pretrained: Annotated[Optional[str], typer.Option(help="Teacher's open_clip pretrained tag, e.g. openai.")] = None,
     weights: Annotated[Optional[Path], typer.Option(help="Teacher's local weights file.")] = None,
     boxes: Annotated[Optional[Path], typer.Option(help="Proposals from a file (COCO JSON, {file: boxes} JSON or JSON Lines) instead of random boxes.")] = None,
+    rpn: Annotated[Optional[Path], typer.Option(help="Proposals from this RPN checkpoint (`regionclip rpn`): the --regions best boxes after NMS at --rpn-nms, as pretrain's proposals.source: rpn takes them.")] = None,
+    rpn_nms: Annotated[float, typer.Option(min=0.0, max=1.0, help="NMS IoU of --rpn's proposals (pretrain's rpn_nms_threshold).")] = 0.5,
     captions: Annotated[Optional[Path], typer.Option(help="Captions (JSON Lines or COCO captions) of the images: label each image's regions only with the concepts its own captions name, not the whole pool (the original's rule); the softmax and --threshold are then over those concepts. pretrain: pseudo_labels.candidates: captions.")] = None,
-    regions: Annotated[int, typer.Option(min=1, help="Regions per image (random boxes, or sampled from --boxes).")] = 100,
+    regions: Annotated[int, typer.Option(min=1, help="Regions per image (random boxes, sampled from --boxes, or --rpn's best).")] = 100,
     threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="Regions whose top-1 probability is at most this are marked keep=false (all kept if none pass).")] = 0.1,
     temperature: Annotated[float, typer.Option(min=1e-6, help="Teacher softmax temperature over the pool.")] = 0.01,
     seed: Annotated[int, typer.Option(help="Seed of the random boxes.")] = 0,
@@ -46,7 +48,7 @@ def pseudolabel(
 
     config = stage.PseudoLabelConfig(
         images=images, concepts=concepts, out=out, model=model, pretrained=pretrained, weights=weights,
-        boxes=boxes, captions=captions, regions=regions, rule=LabelRuleConfig(threshold, temperature), seed=seed,
+        boxes=boxes, rpn=rpn, rpn_nms=rpn_nms, captions=captions, regions=regions, rule=LabelRuleConfig(threshold, temperature), seed=seed,
         shard_size=shard_size, min_size=min_size, max_size=max_size, batch_size=batch_size,
         pictures=pictures, overwrite=overwrite, device=device)
 

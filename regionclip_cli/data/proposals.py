@@ -247,15 +247,24 @@ class Proposals:
 MAX_PROPOSALS = 10_000
 
 
+PROPOSAL_SOURCES = ("random", "file", "rpn")
+ZERO_SHOT_RPN_NMS = 0.9
+ZERO_SHOT_RPN_PROPOSALS = 1000
+
+
 @dataclass(frozen=True)
 class ProposalConfig:
-    """Where regions come from: "random" boxes or a box "file"; `max_boxes` caps a file's boxes."""
+    """Where regions come from: "random" boxes, a box "file" or an "rpn"; `max_boxes` caps a
+    file's boxes. An RPN keeps its `rpn_proposals` best boxes after NMS at `rpn_nms` (the
+    original's zero-shot settings by default; pseudo labels use pretraining's)."""
 
     source: str = "random"
     file: Path | None = None
     random: RandomBoxConfig = field(default_factory=RandomBoxConfig)
     max_boxes: int | None = None
     rpn: Path | None = None  # source "rpn": a checkpoint written by `regionclip rpn`
+    rpn_nms: float = ZERO_SHOT_RPN_NMS
+    rpn_proposals: int = ZERO_SHOT_RPN_PROPOSALS
 
     def __post_init__(self) -> None:
         if self.source not in PROPOSAL_SOURCES:
@@ -274,7 +283,7 @@ class ProposalConfig:
         if self.source == "file":
             return f"file:{Path(self.file).resolve()}"
         if self.source == "rpn":
-            return f"rpn:{Path(self.rpn).resolve()}@nms{ZERO_SHOT_RPN_NMS},{ZERO_SHOT_RPN_PROPOSALS}"
+            return f"rpn:{Path(self.rpn).resolve()}@nms{self.rpn_nms},{self.rpn_proposals}"
         r = self.random
         return f"random:{r.count}@grid{r.grid},min{r.min_size},seed{r.seed}"
 
@@ -295,7 +304,7 @@ class ProposalSource:
             from regionclip_cli.modeling.rpn import load_proposal_network
 
             self.rpn = load_proposal_network(config.rpn, option="--rpn")
-            self.rpn.set_test_limits(ZERO_SHOT_RPN_NMS, ZERO_SHOT_RPN_PROPOSALS)
+            self.rpn.set_test_limits(config.rpn_nms, config.rpn_proposals)
 
     @property
     def needs_pixels(self) -> bool:
@@ -303,9 +312,9 @@ class ProposalSource:
         return self.rpn is not None
 
     def for_pixels(self, image: torch.Tensor, scale: float) -> Proposals:
-        """RPN proposals (the original's zero-shot settings: NMS 0.9, 1,000 boxes, no box
-        regression) for a raw RGB [3, h, w] image in [0, 1] at input size; `scale` maps original
-        to input pixels. The boxes come back in original pixels with their objectness."""
+        """RPN proposals (no box regression; NMS and count from the config) for a raw RGB
+        [3, h, w] image in [0, 1] at input size; `scale` maps original to input pixels. The boxes
+        come back in original pixels with their objectness."""
         network = self.rpn.to(image.device)
         with torch.inference_mode():
             found = network([image])[0]
@@ -332,6 +341,3 @@ class ProposalSource:
         return Proposals(boxes, entry.image_id, problems)
 
 
-PROPOSAL_SOURCES = ("random", "file", "rpn")
-ZERO_SHOT_RPN_NMS = 0.9
-ZERO_SHOT_RPN_PROPOSALS = 1000

@@ -36,6 +36,8 @@ class PseudoLabelConfig:
     pretrained: str | None = None
     weights: Path | None = None
     boxes: Path | None = None
+    rpn: Path | None = None  # proposals from this RPN: its `regions` best boxes after NMS at rpn_nms
+    rpn_nms: float = 0.5  # pretraining's (proposals.rpn_nms_threshold), so labels match on-the-fly ones
     captions: Path | None = None  # label each image's regions only with the concepts its captions name
     regions: int = 100
     rule: LabelRuleConfig = field(default_factory=LabelRuleConfig)
@@ -114,6 +116,30 @@ class CaptionCandidates:
         return mention_mask(self.mentions.for_images([self.position[path]])[0], self.pool_size)
 
 
+def proposal_config(config: PseudoLabelConfig) -> ProposalConfig:
+    """The proposals the options name: a box file, an RPN, or random boxes."""
+    random = RandomBoxConfig(count=config.regions, seed=config.seed)
+    if config.boxes is not None and config.rpn is not None:
+        raise RegionclipError("--boxes and --rpn both name proposals: give one")
+    if config.rpn is not None:
+        if not 0 < config.rpn_nms <= 1:
+            raise RegionclipError(f"--rpn-nms {config.rpn_nms}: must be in (0, 1]")
+        return ProposalConfig("rpn", None, random, rpn=config.rpn, rpn_nms=config.rpn_nms,
+                              rpn_proposals=config.regions)
+    if config.boxes is not None:
+        return ProposalConfig("file", config.boxes, random, max_boxes=config.regions)
+    return ProposalConfig("random", None, random)
+
+
+def proposals_setting(proposals: ProposalConfig) -> str:
+    """The proposals as a label folder records them (a rerun with other proposals is refused)."""
+    if proposals.source == "random":
+        return "random"
+    if proposals.source == "file":
+        return f"file:{Path(proposals.file).resolve()}"
+    return proposals.describe()
+
+
 def run(config: PseudoLabelConfig, reporter: Reporter | None = None) -> PseudoLabelResult:
     from regionclip_cli.core.atomic import write_json
     from regionclip_cli.core.devices import resolve_device
@@ -128,9 +154,7 @@ def run(config: PseudoLabelConfig, reporter: Reporter | None = None) -> PseudoLa
     if not paths:
         raise RegionclipError("no images to label: " + "; ".join(missing or ["no inputs given"]))
     pool = load_text_embeddings(config.concepts)
-    proposals = ProposalSource(ProposalConfig(
-        "file" if config.boxes is not None else "random", config.boxes,
-        RandomBoxConfig(count=config.regions, seed=config.seed), max_boxes=config.regions))
+    proposals = ProposalSource(proposal_config(config))
     proposals.check(paths)
     candidates = None if config.captions is None else \
         CaptionCandidates(config.captions, paths, config.concepts, pool.names)
@@ -145,7 +169,7 @@ def run(config: PseudoLabelConfig, reporter: Reporter | None = None) -> PseudoLa
     check_matches(pool, clip, origin=f"--concepts {config.concepts}")
     settings = ShardConfig(
         model_identity=clip.identity, concepts=digest(pool.names),
-        proposals=f"file:{Path(config.boxes).resolve()}" if config.boxes else "random",
+        proposals=proposals_setting(proposals.config),
         regions_per_image=config.regions, threshold=config.rule.threshold,
         temperature=config.rule.temperature, seed=config.seed, shard_size=config.shard_size,
         images=digest([str(p.resolve()) for p in paths]),
