@@ -17,7 +17,7 @@ def pseudolabel(
     pretrained: Annotated[Optional[str], typer.Option(help="Teacher's open_clip pretrained tag, e.g. openai.")] = None,
     weights: Annotated[Optional[Path], typer.Option(help="Teacher's local weights file.")] = None,
     boxes: Annotated[Optional[Path], typer.Option(help="Proposals from a file (COCO JSON, {file: boxes} JSON or JSON Lines) instead of random boxes.")] = None,
-    rpn: Annotated[Optional[Path], typer.Option(help="Proposals from this RPN checkpoint (`regionclip rpn`): the --regions best boxes after NMS at --rpn-nms, as pretrain's proposals.source: rpn takes them.")] = None,
+    rpn: Annotated[Optional[Path], typer.Option(help="Proposals from this RPN checkpoint (`regionclip rpn`): its --regions best boxes after NMS at --rpn-nms.")] = None,
     rpn_nms: Annotated[float, typer.Option(min=0.0, max=1.0, help="NMS IoU of --rpn's proposals (pretrain's rpn_nms_threshold).")] = 0.5,
     captions: Annotated[Optional[Path], typer.Option(help="Captions (JSON Lines or COCO captions) of the images: label each image's regions only with the concepts its own captions name, not the whole pool (the original's rule); the softmax and --threshold are then over those concepts. pretrain: pseudo_labels.candidates: captions.")] = None,
     regions: Annotated[int, typer.Option(min=1, help="Regions per image (random boxes, sampled from --boxes, or --rpn's best).")] = 100,
