@@ -35,6 +35,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 COLUMNS = ("all", "base", "novel", "small", "medium", "large")
 
@@ -113,16 +114,22 @@ def main() -> None:
         print(f"| {name} | " + " | ".join(f"{v:.1f}" for v in row) + f" | {seconds.get(name, 0):.0f} |")
     students = [f"seed{s}" for s in args.seeds]
     if len(students) > 1:
-        parts = []
-        for c in COLUMNS[:3]:
-            values = [cell(n, "region", c) for n in students]
-            teacher = cell("teacher", "region", c)
-            parts.append(f"region {c}: {statistics.mean(values):.1f} (min {min(values):.1f}, max {max(values):.1f}; "
-                         f"teacher {teacher:.1f}; x{statistics.mean(values) / max(teacher, 1e-9):.2f})")
-        print(f"\nstudents, mean over seeds {args.seeds}: " + "; ".join(parts))
+        print(f"\nstudents, mean over seeds {args.seeds}: " +
+              students_against_teacher(lambda name, c: cell(name, "region", c), students))
     fresh = fresh_worlds(work, args, [name for name, _ in runs], students)
     (work / "claim.json").write_text(json.dumps({"figures": figures, "pretrain_seconds": seconds,
                                                  "fresh_worlds": fresh}, indent=2))
+
+
+def students_against_teacher(figure: Callable[[str, str], float], students: list[str]) -> str:
+    """The students' mean and min-max of region top-1 all / base / novel, with the teacher's and the ratio."""
+    parts = []
+    for c in COLUMNS[:3]:
+        values = [figure(n, c) for n in students]
+        teacher = figure("teacher", c)
+        parts.append(f"region {c}: {statistics.mean(values):.1f} (min {min(values):.1f}, max {max(values):.1f}; "
+                     f"teacher {teacher:.1f}; x{statistics.mean(values) / max(teacher, 1e-9):.2f})")
+    return "; ".join(parts)
 
 
 def fresh_worlds(work: Path, args: argparse.Namespace, names: list[str], students: list[str]) -> dict:
@@ -145,13 +152,8 @@ def fresh_worlds(work: Path, args: argparse.Namespace, names: list[str], student
         per_world = ", ".join(f"{100 * by_seed[s]['all']['top1']:.1f}" for s in args.fresh_worlds)
         print(f"| {name} | " + " | ".join(f"{means[name][c]:.1f}" for c in COLUMNS[:3]) + f" | {per_world} |")
     if len(students) > 1:
-        parts = []
-        for c in COLUMNS[:3]:
-            values = [means[n][c] for n in students]
-            teacher = means["teacher"][c]
-            parts.append(f"region {c}: {statistics.mean(values):.1f} (min {min(values):.1f}, max {max(values):.1f}; "
-                         f"teacher {teacher:.1f}; x{statistics.mean(values) / max(teacher, 1e-9):.2f})")
-        print(f"\nstudents on fresh worlds, mean over seeds {args.seeds}: " + "; ".join(parts))
+        print(f"\nstudents on fresh worlds, mean over seeds {args.seeds}: " +
+              students_against_teacher(lambda name, c: means[name][c], students))
     return {name: {str(s): v for s, v in by_seed.items()} for name, by_seed in table.items()}
 
 

@@ -43,9 +43,22 @@ class DemoSize:
     @property
     def schedule(self) -> tuple[str, ...]:
         """Warm-up over the first tenth, lr x0.1 at 2/3 and 9/10: the world recipe's shape, scaled."""
-        steps = f"[{max(1, self.iterations * 2 // 3)},{max(1, self.iterations * 9 // 10)}]"
-        return ("--set", f"optimizer.warmup_iterations={max(1, self.iterations // 10)}",
-                "--set", f"optimizer.steps={steps}")
+        return _scaled_schedule(self.iterations, warmup=(1, 10), steps=((2, 3), (9, 10)))
+
+    @property
+    def rpn_schedule(self) -> tuple[str, ...]:
+        """rpn-world's shape (warm-up 20 of 400, steps 250 and 350), scaled to the demo's run."""
+        return _scaled_schedule(self.rpn_iterations, warmup=(1, 20), steps=((5, 8), (7, 8)))
+
+
+def _scaled_schedule(iterations: int, *, warmup: tuple[int, int], steps: tuple[tuple[int, int], ...]
+                     ) -> tuple[str, ...]:
+    """`--set` overrides of the warm-up and the lr steps, each a fraction of `iterations` (at least 1)."""
+    def at(fraction: tuple[int, int]) -> int:
+        return max(1, iterations * fraction[0] // fraction[1])
+
+    return ("--set", f"optimizer.warmup_iterations={at(warmup)}",
+            "--set", f"optimizer.steps=[{','.join(str(at(f)) for f in steps)}]")
 
 
 FULL = DemoSize(train_images=240, eval_images=60, min_count=10, iterations=160, batch_size=8, pictures=6,
@@ -96,9 +109,7 @@ def demo_steps(config: DemoConfig) -> list[Step]:
               "--set", f"data.train.images={world / 'images'}",
               "--set", f"data.test.annotations={held_out / 'annotations.json'}",
               "--set", f"data.test.images={held_out / 'images'}",
-              "--set", f"train.iterations={size.rpn_iterations}",
-              "--set", f"optimizer.warmup_iterations={max(1, size.rpn_iterations // 20)}",
-              "--set", f"optimizer.steps=[{max(1, size.rpn_iterations * 5 // 8)},{max(1, size.rpn_iterations * 7 // 8)}]",
+              "--set", f"train.iterations={size.rpn_iterations}", *size.rpn_schedule,
               "--set", f"output={rpn}", "--set", f"device={config.device}", "--quiet"),
              rpn / "rpn.pt"),
         Step("Concepts: the nouns of the captions, embedded by the teacher's text encoder",

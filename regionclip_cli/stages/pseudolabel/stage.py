@@ -131,15 +131,6 @@ def proposal_config(config: PseudoLabelConfig) -> ProposalConfig:
     return ProposalConfig("random", None, random)
 
 
-def proposals_setting(proposals: ProposalConfig) -> str:
-    """The proposals as a label folder records them (a rerun with other proposals is refused)."""
-    if proposals.source == "random":
-        return "random"
-    if proposals.source == "file":
-        return f"file:{Path(proposals.file).resolve()}"
-    return proposals.describe()
-
-
 def run(config: PseudoLabelConfig, reporter: Reporter | None = None) -> PseudoLabelResult:
     from regionclip_cli.core.atomic import write_json
     from regionclip_cli.core.devices import resolve_device
@@ -169,7 +160,8 @@ def run(config: PseudoLabelConfig, reporter: Reporter | None = None) -> PseudoLa
     check_matches(pool, clip, origin=f"--concepts {config.concepts}")
     settings = ShardConfig(
         model_identity=clip.identity, concepts=digest(pool.names),
-        proposals=proposals_setting(proposals.config),
+        # label folders record random boxes as plain "random" (their seed and count are settings of their own)
+        proposals="random" if proposals.is_random else proposals.config.describe(),
         regions_per_image=config.regions, threshold=config.rule.threshold,
         temperature=config.rule.temperature, seed=config.seed, shard_size=config.shard_size,
         images=digest([str(p.resolve()) for p in paths]),
