@@ -8,7 +8,14 @@ captions`). A label counts as right when the concept is the class name or one of
 (`synthetic.categories`). Also: how many classes have the right class as their most frequent label
 (systematic confusions that no amount of imitation undoes).
 
-    python benchmarks/world_label_quality.py --concepts WORK/world/concepts/concept_embeddings.pt
+With `--rpn CKPT`, also the regions pretraining really labels: the RPN's best proposals (NMS 0.5)
+by rank, how many cover a shape (IoU >= 0.5 with a ground-truth box) and how often the
+caption-restricted label of those names it. Every other proposal is background or a fragment,
+labelled with some shape of the captions all the same: the noise `proposals.regions_per_image`
+trades against coverage.
+
+    python benchmarks/world_label_quality.py --concepts WORK/world/concepts/concept_embeddings.pt \
+        [--rpn WORK/runs/world-rpn/rpn.pt]
 """
 
 from __future__ import annotations
@@ -17,12 +24,15 @@ import argparse
 import collections
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
+from torchvision.ops import box_iou
 
 from regionclip_cli.data.captions import CaptionedImage
 from regionclip_cli.modeling.clip import load_clip
 from regionclip_cli.modeling.region_encoder import RegionEncoder
+from regionclip_cli.modeling.rpn import load_proposal_network
 from regionclip_cli.modeling.text import embed_names, ensemble_templates, load_text_embeddings
 from regionclip_cli.stages.concepts.mentions import CaptionMentions, candidate_mask, pool_spacy_model
 from regionclip_cli.synthetic.categories import WORLD_CATEGORIES
@@ -37,6 +47,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128, help="input size the teacher sees")
     parser.add_argument("--seed", type=int, default=11, help="world seed (the claim's pretraining world)")
     parser.add_argument("--images", type=int, default=300)
+    parser.add_argument("--rpn", type=Path, help="also the labels of this RPN's proposals, by rank")
+    parser.add_argument("--proposals", type=int, default=32, help="RPN proposals per image after NMS 0.5")
     args = parser.parse_args()
 
     clip = load_clip("world-tiny" if args.weights is None else None, weights=args.weights)
@@ -66,24 +78,68 @@ def main() -> None:
                                      [len(b) for b in boxes], len(pool.names), torch.device("cpu"))
             by_captions.append(logits.masked_fill(~allowed, float("-inf")).argmax(1))
             truth += [o.category_id - 1 for it in chunk for o in it.objects]
-    truth = torch.tensor(truth)
+    report_box_labels(args, names, torch.cat(by_class), torch.cat(by_pool), torch.cat(by_captions),
+                      torch.tensor(truth), concept_class)
+    if args.rpn is not None:
+        report_proposal_labels(args, clip, encoder, concepts, concept_class, mentions, items)
+
+
+def report_box_labels(args: argparse.Namespace, names: list[str], by_class: torch.Tensor, by_pool: torch.Tensor,
+                      by_captions: torch.Tensor, truth: torch.Tensor, concept_class: torch.Tensor) -> None:
     novel = torch.tensor([WORLD_CATEGORIES[t].split == "novel" for t in truth.tolist()])
     print(f"{len(truth)} ground-truth boxes of {args.images} images of world seed {args.seed}, teacher at "
           f"{args.size} px; % right (chance 5 %)")
     print("| label source | all | base | novel |\n|---|---:|---:|---:|")
-    rows = {"best of the 20 class names": torch.cat(by_class) == truth,
-            "best concept of the whole pool": concept_class[torch.cat(by_pool)] == truth,
-            "best concept its captions name": concept_class[torch.cat(by_captions)] == truth}
+    rows = {"best of the 20 class names": by_class == truth,
+            "best concept of the whole pool": concept_class[by_pool] == truth,
+            "best concept its captions name": concept_class[by_captions] == truth}
     for name, right in rows.items():
         print(f"| {name} | {100 * right.float().mean():.1f} | {100 * right[~novel].float().mean():.1f} | "
               f"{100 * right[novel].float().mean():.1f} |")
-    predicted = torch.cat(by_class)
-    modes = [collections.Counter(predicted[truth == k].tolist()).most_common(1)[0] for k in range(len(names))]
+    modes = [collections.Counter(by_class[truth == k].tolist()).most_common(1)[0] for k in range(len(names))]
     print(f"\nclasses whose most frequent label (of the 20 names) is right: "
           f"{sum(m[0] == k for k, m in enumerate(modes))} of {len(names)}")
     for k, (label, count) in enumerate(modes):
         if label != k:
             print(f"  {names[k]} -> {names[label]} ({100 * count / int((truth == k).sum()):.0f} %)")
+
+
+@torch.no_grad()
+def report_proposal_labels(args: argparse.Namespace, clip, encoder: RegionEncoder, concepts: torch.Tensor,
+                           concept_class: torch.Tensor, mentions: CaptionMentions, items: list) -> None:
+    """By proposal rank: the share that covers a shape, and the caption-restricted label's accuracy there."""
+    network = load_proposal_network(args.rpn)
+    network.set_test_limits(0.5, args.proposals)
+    mean, std = torch.tensor(clip.mean).view(1, 3, 1, 1), torch.tensor(clip.std).view(1, 3, 1, 1)
+    covers, right, ranks = [], [], []
+    for index, item in enumerate(items):
+        image = item.image.resize((args.size, args.size), Image.Resampling.BILINEAR)
+        raw = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1)
+        boxes = network([raw])[0]["boxes"]
+        if len(boxes) == 0:
+            continue
+        scale = args.size / item.image.width
+        truth_boxes = torch.tensor([o.box for o in item.objects]) * scale
+        overlap, match = box_iou(boxes, truth_boxes).max(dim=1)
+        regions = torch.nn.functional.normalize(encoder(images_to_tensor([image], mean, std), [boxes]).float(), dim=-1)
+        allowed = candidate_mask(mentions.for_images([index]), [len(boxes)], len(concepts), torch.device("cpu"))
+        labels = (regions @ concepts.T).masked_fill(~allowed, float("-inf")).argmax(1)
+        truth = torch.tensor([item.objects[m].category_id - 1 for m in match.tolist()])
+        covers.append(overlap >= 0.5)
+        right.append(concept_class[labels] == truth)
+        ranks.append(torch.arange(len(boxes)))
+    covers, right, ranks = torch.cat(covers), torch.cat(right), torch.cat(ranks)
+    print(f"\nRPN proposals ({args.rpn}, NMS 0.5, best {args.proposals}) on the same images, by rank: the share "
+          "covering a shape (IoU >= 0.5), and the caption-restricted label right on those")
+    print("| ranks | proposals | cover a shape (%) | label right on those (%) |\n|---|---:|---:|---:|")
+    edges = [b for b in (1, 2, 4, 8, 16, 32, 64, 128, 256) if b < args.proposals] + [args.proposals]
+    for low, high in zip([0, *edges[:-1]], edges):
+        mask = (ranks >= low) & (ranks < high)
+        if mask.any():
+            hit = covers & mask
+            ranks_label = f"{high}" if high == low + 1 else f"{low + 1}-{high}"
+            print(f"| {ranks_label} | {int(mask.sum())} | {100 * hit.sum() / mask.sum():.1f} | "
+                  f"{100 * (right & hit).sum() / hit.sum().clamp(min=1):.1f} |")
 
 
 if __name__ == "__main__":
