@@ -23,6 +23,8 @@ Finished steps are skipped on a rerun (delete WORK/... to redo one).
 
 World seed 0 is where the recipes were chosen (over several sessions), so `--fresh-worlds` adds
 region top-1 on worlds nobody tuned on: the figures to quote.
+`--input-size 224` evaluates every model at the world's native size instead of the checkpoints'
+128 px (the figures go to their own files, so both sizes can sit in one WORK).
 """
 
 from __future__ import annotations
@@ -52,11 +54,13 @@ def run(args: list[str], done: Path) -> float:
 
 
 def evaluate(work: Path, name: str, weights: Path | None, images: int, region_images: int,
-             region_seed: int = 0) -> dict:
-    out = work / "eval" / (f"{name}.json" if region_seed == 0 else f"{name}-world{region_seed}.json")
+             region_seed: int = 0, input_size: int | None = None) -> dict:
+    stem = name + ("" if region_seed == 0 else f"-world{region_seed}") + ("" if input_size is None else f"-{input_size}px")
+    out = work / "eval" / f"{stem}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     args = ["world", "evaluate-teacher", "--images", str(images), "--region-images", str(region_images),
             "--region-seed", str(region_seed), "--json", str(out), "--device", "cpu"]
+    args += [] if input_size is None else ["--input-size", str(input_size)]
     run(args + (["--weights", str(weights)] if weights else []), out)
     return json.loads(out.read_text())
 
@@ -73,6 +77,8 @@ def main() -> None:
     parser.add_argument("--eval-region-images", type=int, default=200)
     parser.add_argument("--fresh-worlds", type=int, nargs="*", default=[],
                         help="also region top-1 on these world seeds, which no recipe was tuned on (seed 0 was)")
+    parser.add_argument("--input-size", type=int, help="evaluate every model at this input size "
+                        "[default: the checkpoints' 128 px; the world is drawn at 224]")
     args = parser.parse_args()
     work = args.work
     world = work / "world"
@@ -98,15 +104,17 @@ def main() -> None:
         sets = [a for kv in [*base, *extra, f"output={out}"] for a in ("--set", kv)]
         seconds[name] = run(["pretrain", "world", *sets, "-q"], out / "student.pt")
 
-    figures = {"teacher": evaluate(work, "teacher", None, args.eval_images, args.eval_region_images)}
+    figures = {"teacher": evaluate(work, "teacher", None, args.eval_images, args.eval_region_images,
+                                   input_size=args.input_size)}
     for name, _ in runs:
         figures[name] = evaluate(work, name, work / "runs" / name / "student.pt", args.eval_images,
-                                 args.eval_region_images)
+                                 args.eval_region_images, input_size=args.input_size)
 
     def cell(name: str, kind: str, column: str) -> float:
         return 100 * figures[name][kind][column]["top1"]
 
-    print("\nzero-shot top-1 (%) on held-out worlds; chance 5.0 everywhere")
+    size = "the checkpoints' input size" if args.input_size is None else f"{args.input_size} px"
+    print(f"\nzero-shot top-1 (%) on held-out worlds at {size}; chance 5.0 everywhere")
     print("| model | image all | image novel | " + " | ".join(f"region {c}" for c in COLUMNS) + " | pretrain s |")
     print("|---" * (4 + len(COLUMNS)) + "|")
     for name in figures:
@@ -117,7 +125,7 @@ def main() -> None:
         print(f"\nstudents, mean over seeds {args.seeds}: " +
               students_against_teacher(lambda name, c: cell(name, "region", c), students))
     fresh = fresh_worlds(work, args, [name for name, _ in runs], students)
-    (work / "claim.json").write_text(json.dumps({"figures": figures, "pretrain_seconds": seconds,
+    (work / ("claim.json" if args.input_size is None else f"claim-{args.input_size}px.json")).write_text(json.dumps({"figures": figures, "pretrain_seconds": seconds,
                                                  "fresh_worlds": fresh}, indent=2))
 
 
@@ -140,7 +148,7 @@ def fresh_worlds(work: Path, args: argparse.Namespace, names: list[str], student
     if not args.fresh_worlds:
         return {}
     models = {"teacher": None, **{name: work / "runs" / name / "student.pt" for name in names}}
-    table = {name: {seed: evaluate(work, name, weights, 1, args.eval_region_images, seed)["region"]
+    table = {name: {seed: evaluate(work, name, weights, 1, args.eval_region_images, seed, args.input_size)["region"]
                     for seed in args.fresh_worlds} for name, weights in models.items()}
     means = {name: {c: statistics.mean(100 * by_seed[s][c]["top1"] for s in args.fresh_worlds)
                     for c in COLUMNS[:3]} for name, by_seed in table.items()}

@@ -69,6 +69,11 @@ def test_evaluation_reports_image_and_region_top1(cli, tmp_path):
     assert code == 0, err
     assert "image" in out and "region" in out and "6 single-shape images" in out
     assert json.loads((tmp_path / "f.json").read_text())["image"]["all"]["count"] == 6
+    assert json.loads((tmp_path / "f.json").read_text())["input_size"] == 128 and "at 128 px" in out
+    code, out, err = cli("world", "evaluate-teacher", "--images", "6", "--region-images", "3", "--input-size", "224",
+                         "--json", tmp_path / "g.json", "--device", "cpu")
+    assert code == 0, err
+    assert json.loads((tmp_path / "g.json").read_text())["input_size"] == 224 and "at 224 px" in out
 
 
 def test_teacher_needs_steps_and_a_pool_that_fills_a_batch():

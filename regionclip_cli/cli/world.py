@@ -116,6 +116,7 @@ def evaluate_teacher(
     image_seed: Annotated[int, typer.Option(help="World seed of the single-shape images.")] = 7,
     image_min_object_size: Annotated[float, typer.Option(min=4.0, help="Smallest shape of the single-shape images, in pixels of the 224-px world (14 admits every size).")] = 40.0,
     region_seed: Annotated[int, typer.Option(help="World seed of the cluttered images.")] = 0,
+    input_size: Annotated[Optional[int], typer.Option(min=32, help="Square input size the images are resized to. [default: the checkpoint's, 128 for world-tiny; the world is drawn at 224]")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the figures to this JSON file.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
 ) -> None:
@@ -129,7 +130,8 @@ def evaluate_teacher(
     from regionclip_cli.synthetic.evaluation import EvaluationConfig
 
     config = EvaluationConfig(image_count=images, region_images=region_images, image_seed=image_seed,
-                              region_seed=region_seed, image_min_object_size=image_min_object_size)
+                              region_seed=region_seed, image_min_object_size=image_min_object_size,
+                              input_size=input_size)
     _print_evaluation(weights, resolve_device(device), f"{weights or 'shipped world-tiny'}", config, json_out)
 
 
@@ -148,7 +150,8 @@ def _print_evaluation(weights: Optional[Path], device, title: str, config=None, 
         write_json(json_out, figures, indent=2)
     columns = ("all", "base", "novel", "small", "medium", "large")
     image, region = figures["image"], figures["region"]
-    table = Table(title=f"{title}\nzero-shot top-1 on held-out worlds (chance {figures['chance']:.0%})")
+    table = Table(title=f"{title}\nzero-shot top-1 on held-out worlds at {figures['input_size']} px "
+                        f"(chance {figures['chance']:.0%})")
     table.add_column("")
     for name in columns:
         table.add_column(name, justify="right")

@@ -12,7 +12,9 @@ with ground-truth boxes (19.1):
   attention pool), against the same names; also by COCO size (small < 32², medium < 96² pixels of
   the 224-px image, large beyond).
 
-Images are resized to the size the checkpoint recommends (bilinear, as `zeroshot` does).
+Images are resized to the size the checkpoint recommends (bilinear, as `zeroshot` does), or to
+`input_size`: the paper measures CLIP's regions at the detector's input, far above the size CLIP
+was trained at, and the world's teacher too names more regions at the world's native 224 px.
 Predictions are over all 20 categories; a model that guesses gets 1/20 = 5 % on every split.
 Neither seed is one the teacher trains on (`teacher.TRAIN_WORLD_SEED` and the next).
 """
@@ -39,6 +41,7 @@ class EvaluationConfig:
     region_seed: int = REGION_SEED
     image_min_object_size: float = 40.0  # pixels of the 224-px image (the default world's smallest is 14)
     batch_size: int = 25
+    input_size: int | None = None  # square input the images are resized to; None: the checkpoint's
 
 
 def _top1_table(correct: torch.Tensor, truth: torch.Tensor, areas: torch.Tensor | None = None) -> dict:
@@ -51,14 +54,13 @@ def _top1_table(correct: torch.Tensor, truth: torch.Tensor, areas: torch.Tensor 
 
 
 @torch.no_grad()
-def _predict(clip, items: list, boxes_of, class_features: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """Top-1 category (0-based) of every box, image by image, box by box."""
+def _predict(clip, items: list, boxes_of, class_features: torch.Tensor, batch_size: int, size: int) -> torch.Tensor:
+    """Top-1 category (0-based) of every box, image by image, box by box, at `size` x `size` input."""
     from PIL import Image
 
     from regionclip_cli.modeling.region_encoder import RegionEncoder
     from regionclip_cli.synthetic.teacher import images_to_tensor
 
-    size = clip.input_min_size or clip.image_size
     encoder = RegionEncoder(clip.model.visual)
     mean = torch.tensor(clip.mean, device=clip.device).view(1, 3, 1, 1)
     std = torch.tensor(clip.std, device=clip.device).view(1, 3, 1, 1)
@@ -78,23 +80,24 @@ def evaluate_world_clip(clip, config: EvaluationConfig = EvaluationConfig(), pro
     from regionclip_cli.modeling.text import embed_names, ensemble_templates
 
     names = [c.name for c in WORLD_CATEGORIES]
+    size = config.input_size or clip.input_min_size or clip.image_size
     class_features = embed_names(clip, names, ensemble_templates(), progress=progress).to(clip.device)
 
     singles = [world_image(WorldConfig(seed=config.image_seed, max_objects=1,
                                        min_object_size=config.image_min_object_size), i)
                for i in range(config.image_count)]
     whole = _predict(clip, singles, lambda it: torch.tensor([[0.0, 0.0, it.image.width, it.image.height]]),
-                     class_features, config.batch_size)
+                     class_features, config.batch_size, size)
     image_truth = torch.tensor([it.objects[0].category_id - 1 for it in singles])
 
     scenes = [world_image(WorldConfig(seed=config.region_seed), i) for i in range(config.region_images)]
     regions = _predict(clip, scenes, lambda it: torch.tensor([o.box for o in it.objects]), class_features,
-                       config.batch_size)
+                       config.batch_size, size)
     region_truth = torch.tensor([o.category_id - 1 for it in scenes for o in it.objects])
     areas = torch.tensor([o.area for it in scenes for o in it.objects])
     return {
         "model": clip.identity,
-        "input_size": clip.input_min_size or clip.image_size,
+        "input_size": size,
         "image": _top1_table(whole == image_truth, image_truth),
         "region": _top1_table(regions == region_truth, region_truth, areas),
         "chance": 1 / len(WORLD_CATEGORIES),
