@@ -1,6 +1,6 @@
 """`regionclip world`: generate the synthetic world, train its tiny CLIP teacher, measure it.
 
-The shipped teacher `regionclip_cli/assets/world-tiny.pt` is rebuilt exactly by
+The shipped teacher `regionclip_cli/assets/world-tiny.pt` was made by
 
     regionclip world teacher --out world-tiny.pt && cp world-tiny.pt regionclip_cli/assets/
 
@@ -8,6 +8,7 @@ The shipped teacher `regionclip_cli/assets/world-tiny.pt` is rebuilt exactly by
 images, 600 locked-image text steps and 600 CLIP steps with 3 shape-swapped hard negatives per
 caption, seed 0, world seeds 1000003-1000004; the checkpoint records these settings and its
 training time, 2,444 s on a 2-core CPU) and measured by `regionclip world evaluate-teacher`.
+Reruns give the same weights on the same machine and torch, other weights elsewhere (README).
 """
 
 from __future__ import annotations
@@ -84,7 +85,8 @@ def teacher(
     """Train the tiny CLIP teacher (open_clip config world-tiny) on world image–caption pairs,
     save it as a regionclip checkpoint and print its image and region top-1 on held-out worlds.
 
-    The defaults rebuild the shipped teacher (41 minutes on 2 CPU cores, one run).
+    The defaults are the shipped teacher's recipe: about 16 minutes on 2 CPU cores (median of 3
+    runs), 2 minutes on an NVIDIA H200. Another machine or torch gives other weights.
 
     Example: regionclip world teacher --out runs/world-tiny.pt --tagging-steps 300
     """
