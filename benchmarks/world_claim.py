@@ -55,8 +55,9 @@ def run(args: list[str], done: Path) -> float:
 
 def evaluate(work: Path, name: str, weights: Path | None, images: int, region_images: int,
              region_seed: int = 0, input_size: int | None = None) -> dict:
-    stem = name + ("" if region_seed == 0 else f"-world{region_seed}") + ("" if input_size is None else f"-{input_size}px")
-    out = work / "eval" / f"{stem}.json"
+    world = "" if region_seed == 0 else f"-world{region_seed}"
+    size = "" if input_size is None else f"-{input_size}px"
+    out = work / "eval" / f"{name}{world}{size}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     args = ["world", "evaluate-teacher", "--images", str(images), "--region-images", str(region_images),
             "--region-seed", str(region_seed), "--json", str(out), "--device", "cpu"]
@@ -125,8 +126,8 @@ def main() -> None:
         print(f"\nstudents, mean over seeds {args.seeds}: " +
               students_against_teacher(lambda name, c: cell(name, "region", c), students))
     fresh = fresh_worlds(work, args, [name for name, _ in runs], students)
-    (work / ("claim.json" if args.input_size is None else f"claim-{args.input_size}px.json")).write_text(json.dumps({"figures": figures, "pretrain_seconds": seconds,
-                                                 "fresh_worlds": fresh}, indent=2))
+    claim = work / ("claim.json" if args.input_size is None else f"claim-{args.input_size}px.json")
+    claim.write_text(json.dumps({"figures": figures, "pretrain_seconds": seconds, "fresh_worlds": fresh}, indent=2))
 
 
 def students_against_teacher(figure: Callable[[str, str], float], students: list[str]) -> str:

@@ -35,6 +35,7 @@ from regionclip_cli.modeling.region_encoder import RegionEncoder
 from regionclip_cli.modeling.rpn import load_proposal_network
 from regionclip_cli.modeling.text import embed_names, ensemble_templates, load_text_embeddings
 from regionclip_cli.stages.concepts.mentions import CaptionMentions, candidate_mask, pool_spacy_model
+from regionclip_cli.stages.pseudolabel.labeler import assign_pseudo_labels
 from regionclip_cli.synthetic.categories import WORLD_CATEGORIES
 from regionclip_cli.synthetic.teacher import images_to_tensor
 from regionclip_cli.synthetic.world import WorldConfig, world_image
@@ -123,10 +124,10 @@ def report_proposal_labels(args: argparse.Namespace, clip, encoder: RegionEncode
         overlap, match = box_iou(boxes, truth_boxes).max(dim=1)
         regions = torch.nn.functional.normalize(encoder(images_to_tensor([image], mean, std), [boxes]).float(), dim=-1)
         allowed = candidate_mask(mentions.for_images([index]), [len(boxes)], len(concepts), torch.device("cpu"))
-        labels = (regions @ concepts.T).masked_fill(~allowed, float("-inf")).argmax(1)
-        truth = torch.tensor([item.objects[m].category_id - 1 for m in match.tolist()])
+        labels = assign_pseudo_labels(regions, concepts, candidates=allowed).labels
+        categories = torch.tensor([o.category_id - 1 for o in item.objects])
         covers.append(overlap >= 0.5)
-        right.append(concept_class[labels] == truth)
+        right.append(concept_class[labels] == categories[match])
         ranks.append(torch.arange(len(boxes)))
     covers, right, ranks = torch.cat(covers), torch.cat(right), torch.cat(ranks)
     print(f"\nRPN proposals ({args.rpn}, NMS 0.5, best {args.proposals}) on the same images, by rank: the share "
