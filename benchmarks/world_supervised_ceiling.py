@@ -7,8 +7,8 @@ shapes included, with cross-entropy over the 20 class names' text embeddings (co
 is no open-vocabulary result (novel labels are seen); it is the ceiling that tells whether a
 student's region top-1 is limited by its labels or by its model, input size and budget.
 
-    python benchmarks/world_supervised_ceiling.py --iterations 250 --lr 1e-4    # the world recipe's budget
-    python benchmarks/world_supervised_ceiling.py --iterations 1000 --lr 1e-3
+    python benchmarks/world_supervised_ceiling.py --iterations 2000 --lr 1e-3   # the world recipe's budget
+    python benchmarks/world_supervised_ceiling.py --iterations 250 --lr 1e-4    # the defaults: an earlier one
 
 Region top-1 is measured as `world evaluate-teacher` measures it, on the fresh worlds of
 `world_claim.py --fresh-worlds` (200 images each); chance is 5 %.
