@@ -19,7 +19,7 @@ from regionclip_cli.data.images import (PRETRAINING_INTERPOLATION, ResizeConfig,
 from regionclip_cli.data.proposals import BoxFile, RandomBoxConfig, random_boxes, sanitize_boxes
 from regionclip_cli.data.pseudolabel_shards import PrecomputedLabels
 from regionclip_cli.stages.concepts.mentions import CaptionMentions
-from regionclip_cli.stages.pretrain.recipe import ProposalsConfig, PretrainTrainConfig
+from regionclip_cli.stages.pretrain.recipe import ProposalsConfig, PretrainTrainConfig, TeacherConfig
 
 
 @dataclass
@@ -42,6 +42,14 @@ class Batch:
     captions: list[str]
     labels: RegionLabels | None = None  # read from a `pseudolabel` folder, else computed on the fly
     mentioned: list[torch.Tensor] | None = None  # per image, the pool concepts its captions name
+    teacher_images: torch.Tensor | None = None  # the teacher's own input (`teacher.min_size`), else None
+    teacher_scales: list[float] | None = None  # per image, teacher input pixels per student input pixel
+
+    def teacher_regions(self, regions: list[torch.Tensor]) -> list[torch.Tensor]:
+        """`regions` (student input pixels) in the teacher's input pixels."""
+        if self.teacher_scales is None:
+            return regions
+        return [boxes * scale for boxes, scale in zip(regions, self.teacher_scales)]
 
 
 def _passed(row: dict, threshold: float) -> bool:
@@ -56,13 +64,15 @@ class BatchBuilder:
 
     def __init__(self, items: list[CaptionedImage], positions: range, *, train: PretrainTrainConfig,
                  proposals: ProposalsConfig, mean, std, precomputed: PrecomputedLabels | None = None,
-                 mentions: CaptionMentions | None = None):
+                 mentions: CaptionMentions | None = None, teacher: TeacherConfig = TeacherConfig()):
         self.items = items
         self.positions = positions
         self.train = train
         self.proposals = proposals
         self.mean, self.std = mean, std
         self.resize = ResizeConfig(train.min_size, train.max_size, interpolation=PRETRAINING_INTERPOLATION)
+        self.teacher_resize = ResizeConfig(teacher.min_size, teacher.max_size,
+                                           interpolation=PRETRAINING_INTERPOLATION) if teacher.own_input else None
         self.box_file = BoxFile(proposals.file) if proposals.source == "file" else None
         self.precomputed = precomputed
         self.mentions = mentions
@@ -116,7 +126,11 @@ class BatchBuilder:
         resized, scale = resize_for_model(original, self.resize)
         caption = item.captions[int(torch.randint(len(item.captions), (), generator=generator))]
         whole = torch.tensor([[0.0, 0.0, resized.width, resized.height]])
-        return to_model_tensor(resized, self.mean, self.std), boxes * scale, whole, caption, labels
+        teacher = None
+        if self.teacher_resize is not None:
+            teacher_view, teacher_scale = resize_for_model(original, self.teacher_resize)
+            teacher = (to_model_tensor(teacher_view, self.mean, self.std), teacher_scale / scale)
+        return to_model_tensor(resized, self.mean, self.std), boxes * scale, whole, caption, labels, teacher
 
     def build(self, iteration: int) -> Batch:
         """Decode, augment and propose for this process's images of the batch at `iteration`."""
@@ -127,10 +141,14 @@ class BatchBuilder:
             samples = [self._sample(*job) for job in jobs]
         else:
             samples = list(self._pool.map(lambda job: self._sample(*job), jobs))
-        tensors, regions, whole, captions, labels = (list(column) for column in zip(*samples))
+        tensors, regions, whole, captions, labels, teacher = (list(column) for column in zip(*samples))
         labels = [x for x in labels if x is not None]
         joined = None
         if labels:
             joined = RegionLabels(*(torch.cat([getattr(x, f) for x in labels]) for f in ("labels", "scores", "passed")))
         mentioned = None if self.mentions is None else self.mentions.for_images([index for *_, index in jobs])
-        return Batch(iteration, list(self.positions), pad_batch(tensors), regions, whole, captions, joined, mentioned)
+        batch = Batch(iteration, list(self.positions), pad_batch(tensors), regions, whole, captions, joined, mentioned)
+        if self.teacher_resize is not None:
+            batch.teacher_images = pad_batch([view for view, _ in teacher])
+            batch.teacher_scales = [scale for _, scale in teacher]
+        return batch

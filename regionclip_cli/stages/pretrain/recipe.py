@@ -16,11 +16,30 @@ from regionclip_cli.engine.config import OptimizerConfig, TrainConfig
 
 @dataclass(frozen=True)
 class TeacherConfig:
-    """The frozen CLIP teacher: open_clip name + pretrained tag, or a local weights file."""
+    """The frozen CLIP teacher: open_clip name + pretrained tag, or a local weights file.
+
+    `min_size`/`max_size` let the teacher see each training image at its own size (resized from
+    the original, after the same flip), the student's regions scaled to match: a CLIP names small
+    regions better at a larger input, so its pseudo labels improve while the student still learns
+    at the size it is used at. Null: the student's input (`train.min_size`/`max_size`), as the
+    original.
+    """
 
     model: str = "RN50"
     pretrained: Optional[str] = None
     weights: Optional[Path] = None
+    min_size: Optional[int] = None
+    max_size: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        if (self.min_size is None) != (self.max_size is None):
+            raise ValueError("teacher.min_size and teacher.max_size are set together (or both null)")
+        if self.min_size is not None and not 0 < self.min_size <= self.max_size:
+            raise ValueError("teacher.max_size must be >= teacher.min_size > 0")
+
+    @property
+    def own_input(self) -> bool:
+        return self.min_size is not None
 
 
 @dataclass(frozen=True)

@@ -170,8 +170,10 @@ class PretrainTask:
         freeze_stages(visual, recipe.student.freeze_at)
         self.student_visual = visual.to(device).train()
         # A student made from the teacher with its stem and layer1 frozen computes exactly the
-        # teacher's layer1 features, so it takes them from the teacher's pass instead.
-        self.shares_layer1 = recipe.student.weights is None and recipe.student.freeze_at >= 2
+        # teacher's layer1 features (when both see the same input), so it takes them from the
+        # teacher's pass instead.
+        self.shares_layer1 = (recipe.student.weights is None and recipe.student.freeze_at >= 2
+                              and not recipe.teacher.own_input)
         self.teacher_encoder = frozen_region_encoder(teacher.model.visual)
         if recipe.train.channels_last:
             self.student_visual.to(memory_format=torch.channels_last)
@@ -187,7 +189,8 @@ class PretrainTask:
         self.batches = BatchBuilder(items, positions, train=recipe.train, proposals=recipe.proposals,
                                     mean=teacher.mean, std=teacher.std, precomputed=precomputed,
                                     mentions=CaptionMentions(items, concept_names, pool_spacy_model(recipe.concepts))
-                                    if recipe.pseudo_labels.candidates == "captions" else None)
+                                    if recipe.pseudo_labels.candidates == "captions" else None,
+                                    teacher=recipe.teacher)
 
     @classmethod
     def from_recipe(cls, recipe: PretrainConfig, runtime: Runtime, log: Callable[[str], None]) -> PretrainTask:
@@ -237,10 +240,14 @@ class PretrainTask:
         groups = LossGroups.build(batch.positions, counts, regions_per_image=recipe.proposals.regions_per_image,
                                   batch_size=recipe.train.batch_size, group_images=recipe.losses.group_images,
                                   device=device)
+        teacher_images = images if batch.teacher_images is None else batch.teacher_images.to(device)
+        if recipe.train.channels_last:
+            teacher_images = teacher_images.contiguous(memory_format=torch.channels_last)
         with torch.no_grad(), runtime.autocast():
-            layer1 = self.teacher_encoder.layer1(images)
-            teacher_features = self.teacher_encoder.trunk(images, layer1)
-            teacher_regions = F.normalize(self.teacher_encoder.pool(teacher_features, regions).float(), dim=-1)
+            layer1 = self.teacher_encoder.layer1(teacher_images)
+            teacher_features = self.teacher_encoder.trunk(teacher_images, layer1)
+            teacher_regions = F.normalize(
+                self.teacher_encoder.pool(teacher_features, batch.teacher_regions(regions)).float(), dim=-1)
         labels = batch.labels
         allowed = None if batch.mentioned is None else \
             candidate_mask(batch.mentioned, counts, len(self.concept_names), device)
