@@ -20,13 +20,6 @@ def test_help_does_not_import_torch():
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
-def test_stages_not_built_yet_say_so_and_exit_2():
-    result = subprocess.run([sys.executable, "-m", "regionclip_cli", "ablate", "recipe.yaml"],
-                            capture_output=True, text=True)
-    assert result.returncode == 2
-    assert "not built yet" in result.stderr and "Traceback" not in result.stderr
-
-
 def test_version():
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0 and result.output.startswith("regionclip ")

@@ -612,3 +612,47 @@ def test_rpn_regions_refuse_precomputed_labels(world, tmp_path, cli):
     code, _, err = cli("pretrain", write_recipe(world, tmp_path / "run"), "--set", "proposals.source=rpn",
                        "--set", f"proposals.rpn={tmp_path}", "--set", f"pseudo_labels.precomputed={tmp_path}")
     assert code == 2 and "proposals.source 'rpn' cannot be combined with it" in err and "Traceback" not in err
+
+
+def test_the_teacher_labels_at_its_own_input_size(world, tmp_path):
+    """`teacher.min_size/max_size`: the teacher sees each image resized from the original (224 px
+    here, the world's own size) while the student trains at 128 px, and it embeds the same regions,
+    scaled into its pixels. At the student's own size the step is the default step exactly."""
+    from regionclip_cli.data.images import load_image, to_model_tensor
+
+    images, _ = world
+    boxes = images / "annotations.json"
+    common = ["train.min_size=128", "train.max_size=128", "train.hflip=false", "proposals.source=file",
+              f"proposals.file={boxes}"]
+    own = load_recipe(PretrainConfig, write_recipe(world, tmp_path / "own"),
+                      [*common, "teacher.min_size=224", "teacher.max_size=224"])
+    task = cpu_trainer(own).task
+    assert not task.shares_layer1
+    batch = task.batch(0)
+    assert batch.images.shape[-2:] == (128, 128) and batch.teacher_images.shape[-2:] == (224, 224)
+    assert batch.teacher_scales == pytest.approx([224 / 128] * len(batch.positions))
+    entries = {Path(e["file_name"]).name: e for e in json.loads(boxes.read_text())["images"]}
+    annotations = json.loads(boxes.read_text())["annotations"]
+    for position, regions in zip(batch.positions, batch.teacher_regions(batch.regions)):
+        item = task.batches.items[batch_index(task, position)]
+        image_id = entries[item.path.name]["id"]
+        original = torch.tensor([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
+                                 for a in annotations if a["image_id"] == image_id])
+        # every region is one of the image's boxes, back in original (= the teacher's) pixels
+        assert all(torch.isclose(original, box, atol=1e-3).all(dim=1).any() for box in regions)
+        picture = to_model_tensor(load_image(item.path), task.teacher.mean, task.teacher.std)
+        torch.testing.assert_close(batch.teacher_images[position - batch.positions[0]], picture)
+
+    same_size = load_recipe(PretrainConfig, write_recipe(world, tmp_path / "same"),
+                            [*common, "teacher.min_size=128", "teacher.max_size=128"])
+    default = load_recipe(PretrainConfig, write_recipe(world, tmp_path / "default"), common)
+    got, expected = cpu_trainer(same_size).step(0), cpu_trainer(default).step(0)
+    for term in ("region_concept", "distillation", "image_text", "top1_prob"):
+        assert got[term] == pytest.approx(expected[term], rel=1e-4, abs=1e-5), term
+    assert expected["distillation"] == pytest.approx(0.0, abs=1e-3)  # the student starts as the teacher
+    assert cpu_trainer(own).step(0)["distillation"] > 0.05  # ... who now sees more
+
+
+def test_teacher_sizes_come_together(world, tmp_path, cli):
+    code, _, err = cli("pretrain", write_recipe(world, tmp_path / "run"), "--set", "teacher.min_size=224", "--check")
+    assert code == 2 and "teacher.min_size and teacher.max_size are set together" in err and "Traceback" not in err

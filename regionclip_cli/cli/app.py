@@ -11,7 +11,8 @@ import sys
 import typer
 
 from regionclip_cli import __version__
-from regionclip_cli.cli import concepts, demo, evaluate, finetune, planned, pretrain, pseudolabel, rpn, world, zeroshot
+from regionclip_cli.cli import (ablate, concepts, demo, evaluate, finetune, pretrain, pseudolabel, rpn, world,
+                               zeroshot)
 from regionclip_cli.cli.help import RootGroup
 from regionclip_cli.core.errors import RegionclipError
 
@@ -52,9 +53,7 @@ app.command("pseudolabel")(pseudolabel.pseudolabel)
 app.command("pretrain")(pretrain.pretrain)
 app.command("rpn")(rpn.rpn)
 app.command("finetune")(finetune.finetune)
-for _stage in planned.STAGES:
-    app.command(_stage.name, help=_stage.help, context_settings={"ignore_unknown_options": True,
-                "allow_extra_args": True})(planned.not_built(_stage))
+app.command("ablate")(ablate.ablate)
 app.command("zeroshot")(zeroshot.zeroshot)
 app.command("evaluate")(evaluate.evaluate)
 app.command("demo")(demo.demo)

@@ -22,7 +22,3 @@ class InputError(RegionclipError):
 
     Batch commands catch it per item, report it and go on; raised outside a batch it ends the run.
     """
-
-
-class NotBuiltYet(RegionclipError):
-    """A stage or option that is planned but not implemented in this version."""
