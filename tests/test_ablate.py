@@ -139,6 +139,9 @@ def test_bad_keys_and_missing_evaluation_are_refused_before_any_training(cli, sm
     assert code == 2 and "give --eval-gt, --eval-images, --vocab" in err
     code, _, err = cli("ablate", "detect", recipe, "--vary", "optimizer.lr=0.1", "--out", out)
     assert code == 2 and "unknown stage 'detect'" in err
+    code, _, err = cli("ablate", "pretrain", recipe, "--vary", "optimizer.lr=0.1", "--out", out, "--vocab", "coco",
+                       "--eval-gt", small_world / "annotations.json", "--eval-images", small_world / "images")
+    assert code == 2 and "--gt" in err and "Traceback" not in err  # the teacher's evaluation comes first
     assert not (out / "runs").exists()
 
 

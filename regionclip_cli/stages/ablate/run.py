@@ -99,6 +99,12 @@ class AblationResult:
         return 1 if self.failures else 0
 
 
+class AblationStopped(RegionclipError):
+    """Ctrl-C or SIGTERM stopped a run: its checkpoint is saved, and a rerun resumes it."""
+
+    exit_code = 130
+
+
 @dataclass(frozen=True)
 class _Planned:
     variant: Variant
@@ -167,6 +173,16 @@ def run(config: AblateConfig, *, log: Callable[[str], None] = print, progress: b
     _check_evaluation(config, planned)
     module, _, artefact = _stage_module(config.stage)
     config.out.mkdir(parents=True, exist_ok=True)
+    baseline = chance = None
+    if config.stage == "pretrain":  # first: it checks the held-out set and vocabulary before any training
+        teacher = planned[0].recipe.teacher
+        try:
+            summary = _zeroshot(config, config.out / "eval" / "teacher", model=teacher.model,
+                                pretrained=teacher.pretrained, weights=teacher.weights,
+                                device=planned[0].recipe.device, progress=progress)
+        except RegionclipError as error:
+            raise RegionclipError(f"the held-out evaluation (--eval-gt, --eval-images, --vocab): {error}") from None
+        baseline, chance = _region_figures(summary), float(summary["region_accuracy"]["chance"])
     results, trained, skipped = [], 0, 0
     for number, item in enumerate(planned, start=1):
         folder = Path(item.recipe.output)
@@ -182,21 +198,17 @@ def run(config: AblateConfig, *, log: Callable[[str], None] = print, progress: b
                 outcome = module.run(item.recipe, resume=resume, progress=progress, log=log, origin=item.origin)
                 fit = getattr(outcome, "fit", outcome)
                 if fit.stopped_by is not None:
-                    raise KeyboardInterrupt
+                    raise AblationStopped(f"stopped during {item.variant.name}, seed {item.seed}; its checkpoint "
+                                          f"is in {folder}: rerun the same command to resume")
                 trained += 1
             figures.images_per_second = _logged_speed(folder / "metrics.jsonl")
             figures.figures = _evaluate(config, item, progress)
+        except AblationStopped:
+            raise
         except RegionclipError as error:
             figures.error = str(error)
             log(f"{label}: failed: {error}")
         results.append(figures)
-    baseline = chance = None
-    if config.stage == "pretrain":
-        teacher = planned[0].recipe.teacher
-        summary = _zeroshot(config, config.out / "eval" / "teacher", model=teacher.model,
-                            pretrained=teacher.pretrained, weights=teacher.weights, device=planned[0].recipe.device,
-                            progress=progress)
-        baseline, chance = _region_figures(summary), float(summary["region_accuracy"]["chance"])
     from regionclip_cli.stages.ablate import report
 
     metrics = PRETRAIN_METRICS if config.stage == "pretrain" else FINETUNE_METRICS
