@@ -126,6 +126,14 @@ def test_a_failing_run_is_reported_and_the_rest_finish(cli, small_world, world_c
     assert record["runs"][0]["error"] is None and record["runs"][0]["figures"]["top1"] >= 0
     assert "larger than the 8 captioned images" in record["runs"][1]["error"]
     assert "1 run(s) failed" in (out / "results.md").read_text() and "failed:" in stdout
+    # what an attempt that died left in a run's folder (no checkpoint) is replaced on the next try
+    again = tmp_path / "again"
+    leftover = again / "runs" / "00-base" / "seed0"
+    leftover.mkdir(parents=True)
+    (leftover / "recipe.json").write_text("{}")
+    code, _, err = cli(*ablate_args(small_world, recipe, again, "--vary", "optimizer.lr=0.05"))
+    assert code == 0, err
+    assert (leftover / "student.pt").exists() and json.loads((leftover / "recipe.json").read_text())["train"]["seed"] == 0
 
 
 def test_bad_keys_and_missing_evaluation_are_refused_before_any_training(cli, small_world, world_concepts, tmp_path):

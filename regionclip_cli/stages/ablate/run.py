@@ -195,7 +195,9 @@ def run(config: AblateConfig, *, log: Callable[[str], None] = print, progress: b
             else:
                 resume = (folder / "checkpoints" / "last.pt").exists()
                 log(f"{label}: {'resuming' if resume else 'training'} in {folder}")
-                outcome = module.run(item.recipe, resume=resume, progress=progress, log=log, origin=item.origin)
+                # The folder is this ablation's own: what a failed attempt left there is replaced.
+                outcome = module.run(item.recipe, resume=resume, overwrite=not resume, progress=progress, log=log,
+                                     origin=item.origin)
                 fit = getattr(outcome, "fit", outcome)
                 if fit.stopped_by is not None:
                     raise AblationStopped(f"stopped during {item.variant.name}, seed {item.seed}; its checkpoint "
@@ -203,9 +205,9 @@ def run(config: AblateConfig, *, log: Callable[[str], None] = print, progress: b
                 trained += 1
             figures.images_per_second = _logged_speed(folder / "metrics.jsonl")
             figures.figures = _evaluate(config, item, progress)
-        except AblationStopped:
-            raise
         except RegionclipError as error:
+            if error.exit_code == AblationStopped.exit_code:  # Ctrl-C, in training or in evaluation
+                raise
             figures.error = str(error)
             log(f"{label}: failed: {error}")
         results.append(figures)

@@ -5,8 +5,9 @@ the same entry point as in a shell — and the file that step finishes with is w
 it. As the paper, the teacher labels the regions an RPN proposes (the RPN learns from the base
 shapes' boxes only) with the concepts of each image's captions. With random boxes and 80
 iterations the student got 52 of 204 held-out boxes right against the teacher's 45; the RPN's 32
-best regions, 160 iterations and the `world` recipe's distillation gave 64; its 8 best give 70
-(novel 51.0 vs 20.4 %), in a median 52 s on 2 CPU cores: most of the 32 were background.
+best regions, 160 iterations and the `world` recipe's distillation gave 64; its 8 best gave 70
+(novel 51.0 vs 20.4 %): most of the 32 were background. Since the recipe's teacher labels at
+224 px they give 68 (labelling the pseudo-label step at 224 px too: 68 again).
 The demo's last line says how many boxes each model got right.
 """
 
