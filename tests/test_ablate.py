@@ -7,11 +7,11 @@ from pathlib import Path
 from xml.etree import ElementTree
 
 import pytest
-import torch
 import yaml
 
 from regionclip_cli.core.errors import RegionclipError
 from regionclip_cli.stages.ablate.grid import parse_variations, variants
+from test_finetune import finetune_recipe, rpn_file  # noqa: F401 (rpn_file: fixture)
 
 
 @pytest.fixture(autouse=True)
@@ -153,29 +153,8 @@ def test_bad_keys_and_missing_evaluation_are_refused_before_any_training(cli, sm
     assert not (out / "runs").exists()
 
 
-def test_finetune_ablation_compares_held_out_ap_with_random_labels(cli, small_world, tmp_path):
-    from regionclip_cli.modeling.checkpoints import save_checkpoint
-    from regionclip_cli.modeling.clip import load_clip
-    from regionclip_cli.modeling.rpn import RPNConfig, build_proposal_network, rpn_checkpoint
-
-    torch.manual_seed(0)
-    clip = load_clip("world-tiny", random_init=True)
-    network = build_proposal_network(RPNConfig(anchor_sizes=[16, 32, 64], pre_nms_top_n_test=300,
-                                               post_nms_top_n_test=50),
-                                     clip_visual=clip.model.visual, mean=clip.mean, std=clip.std)
-    rpn = tmp_path / "rpn.pt"
-    save_checkpoint(rpn, rpn_checkpoint(network, "world-tiny", {}))
-    dataset = {"annotations": str(small_world / "annotations.json"), "images": str(small_world / "images")}
-    recipe = tmp_path / "finetune.yaml"
-    recipe.write_text(yaml.safe_dump({
-        "rpn": str(rpn), "box_head": {"model": "world-tiny"}, "templates": "single",
-        "detector": {"proposals": 20, "regions_per_image": 16},
-        "data": {"train": dataset, "test": dataset, "vocabulary": "world", "train_splits": ["base"],
-                 "min_sizes": [160], "max_size": 160, "test_min_size": 160, "test_max_size": 160,
-                 "loader_workers": 0},
-        "optimizer": {"lr": 0.01, "warmup_iterations": 1, "steps": [2]},
-        "train": {"iterations": 2, "batch_size": 2, "checkpoint_every": 100, "log_every": 1},
-        "device": "cpu"}))
+def test_finetune_ablation_compares_held_out_ap_with_random_labels(cli, small_world, rpn_file, tmp_path):
+    recipe = finetune_recipe(small_world, rpn_file, tmp_path / "finetune", iterations=2)
     out = tmp_path / "ablation"
     code, _, err = cli("ablate", "finetune", recipe, "--vary", "detector.regions_per_image=8", "--out", out, "-q")
     assert code == 0, err
