@@ -54,7 +54,7 @@ def test_one_change_at_a_time_or_every_combination():
 
 
 @pytest.mark.parametrize("option, message", [
-    ("optimizer.lr", "expected KEY=VALUE"), ("=1", "expected KEY=VALUE"), ("train.seed=3", "use --seeds"),
+    ("optimizer.lr", "expected KEY=VALUE"), ("=1", "expected KEY=VALUE"), ("train.seed=3", "use --seed S"),
     ("output=x", "ablate writes each run"),
 ])
 def test_bad_variations_are_refused(option, message):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from regionclip_cli.core.errors import RegionclipError
 
-RESERVED_KEYS = {"train.seed": "use --seeds", "output": "ablate writes each run under OUT/runs"}
+RESERVED_KEYS = {"train.seed": "use --seed S, repeatable", "output": "ablate writes each run under OUT/runs"}
 
 
 @dataclass(frozen=True)

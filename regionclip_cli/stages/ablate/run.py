@@ -136,7 +136,7 @@ def plan(config: AblateConfig) -> list[_Planned]:
     rows = variants(parse_variations(list(config.vary)), product=config.product)
     seeds = config.seeds or (load_recipe(config_class, path, config.overrides, origin_name=name).train.seed,)
     if len(set(seeds)) != len(seeds):
-        raise RegionclipError(f"--seeds {' '.join(map(str, seeds))}: a seed is given twice")
+        raise RegionclipError(f"--seed {' --seed '.join(map(str, seeds))}: a seed is given twice")
     planned = []
     for variant in rows:
         for seed in seeds:
